@@ -1,0 +1,1 @@
+"""Task data: loaders per source, one record format, deterministic splits."""

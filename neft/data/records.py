@@ -1,0 +1,55 @@
+"""The one record format every task is turned into, and its JSONL I/O.
+
+A record is an instruction-following pair: `prompt` is the user message (instruction and
+input already joined by the task's template), `target` the reference answer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+
+class DataError(ValueError):
+    """Task data is missing, empty or malformed."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: str
+    target: str
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """Read records, failing with the file and line number on anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    examples = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+        missing = {"id", "prompt", "target"} - set(row) if isinstance(row, dict) else {"id", "prompt", "target"}
+        if missing:
+            raise DataError(f"{path}:{line_number}: missing field(s) {sorted(missing)}")
+        if not all(isinstance(row[key], str) and row[key].strip() for key in ("prompt", "target")):
+            raise DataError(f"{path}:{line_number}: 'prompt' and 'target' must be non-empty strings")
+        examples.append(Example(id=str(row["id"]), prompt=row["prompt"], target=row["target"]))
+    if not examples:
+        raise DataError(f"{path}: no records")
+    return examples
+
+
+def write_jsonl(path: Path, examples: Iterable[Example]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")

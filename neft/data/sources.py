@@ -1,0 +1,162 @@
+"""One entry point per task source; each returns {train, valid, test} lists of `Example`.
+
+Sources: `sword` (the offline Bible default), `aclsum` (offline summarisation), `jsonl` (your own
+files), `hub_translation` (a hub parallel corpus for training and a hub test set, for GPU users).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from neft.data.records import DataError, Example
+
+SPLITS = ("train", "valid", "test")
+SOURCES = ("sword", "aclsum", "jsonl", "hub_translation")
+
+
+def subsample(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """At most `limit` items chosen by a seeded generator, kept in their original order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    chosen = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in chosen]
+
+
+def translation_example(example_id: str, instruction: str, source: str, target: str) -> Example:
+    return Example(id=example_id, prompt=f"{instruction}\n\n{source.strip()}", target=target.strip())
+
+
+def _read_user_jsonl(path: Path, source_field: str, target_field: str, instruction: str) -> list[Example]:
+    """Read a user's JSONL (one object per line with the configured source/target fields)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (task.files in the config names it)")
+    examples = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(f), str) and row[f].strip() for f in (source_field, target_field)):
+            raise DataError(f"{path}:{line_number}: needs non-empty string fields {source_field!r} and {target_field!r}")
+        example_id = str(row.get("id", f"{path.stem}-{line_number}"))
+        examples.append(translation_example(example_id, instruction, row[source_field], row[target_field]))
+    if not examples:
+        raise DataError(f"{path}: no records")
+    return examples
+
+
+def jsonl_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    files = task["files"]
+    return {
+        split: subsample(
+            _read_user_jsonl(Path(files[split]), task["source_field"], task["target_field"], task["instruction"]),
+            task["max_examples"].get(split),
+            seed,
+        )
+        for split in SPLITS
+    }
+
+
+def pairs_from_translation_column(rows: Sequence[Mapping[str, Any]], column: str, source_lang: str, target_lang: str) -> list[tuple[str, str]]:
+    """(source, target) from rows shaped like {column: {lang: text}} (OPUS / WMT datasets)."""
+    pairs = []
+    for row in rows:
+        pair = row[column]
+        if pair.get(source_lang, "").strip() and pair.get(target_lang, "").strip():
+            pairs.append((pair[source_lang], pair[target_lang]))
+    return pairs
+
+
+def pairs_from_parallel_sets(source_rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]], text_field: str, id_field: str) -> list[tuple[str, str, str]]:
+    """(id, source, target) joined by id from two monolingual sets (FLORES-style)."""
+    targets = {str(row[id_field]): row[text_field] for row in target_rows}
+    return [(str(row[id_field]), row[text_field], targets[str(row[id_field])]) for row in source_rows if str(row[id_field]) in targets]
+
+
+def hub_translation_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    """Train/valid from a hub parallel corpus, test from a hub benchmark (needs hub access)."""
+    from datasets import load_dataset
+
+    train_cfg, test_cfg = task["train_set"], task["test_set"]
+    corpus = load_dataset(train_cfg["path"], train_cfg.get("name"), split=train_cfg["split"])
+    pairs = pairs_from_translation_column(corpus, train_cfg["column"], task["source_lang"], task["target_lang"])
+    pairs = [pairs[i] for i in random.Random(seed).sample(range(len(pairs)), len(pairs))]
+    valid_size = task["max_examples"]["valid"]
+    train_size = task["max_examples"].get("train") or len(pairs) - valid_size
+    valid_pairs, train_pairs = pairs[:valid_size], pairs[valid_size:valid_size + train_size]
+    source_set = load_dataset(test_cfg["path"], test_cfg["source_name"], split=test_cfg["split"])
+    target_set = load_dataset(test_cfg["path"], test_cfg["target_name"], split=test_cfg["split"])
+    test_triples = pairs_from_parallel_sets(source_set, target_set, test_cfg["text_field"], test_cfg["id_field"])
+    instruction = task["instruction"]
+    return {
+        "train": [translation_example(f"train-{i}", instruction, s, t) for i, (s, t) in enumerate(train_pairs)],
+        "valid": [translation_example(f"valid-{i}", instruction, s, t) for i, (s, t) in enumerate(valid_pairs)],
+        "test": subsample([translation_example(i, instruction, s, t) for i, s, t in test_triples], task["max_examples"].get("test"), seed),
+    }
+
+
+def sword_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    from neft.data.bible import build_bible_splits
+
+    return build_bible_splits(
+        source_module=task["source_module"],
+        target_module=task["target_module"],
+        instruction=task["instruction"],
+        valid_books=list(task["valid_books"]),
+        test_books=list(task["test_books"]),
+        max_examples=dict(task["max_examples"]),
+        seed=seed,
+    )
+
+
+def aclsum_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    from neft.data.aclsum import build_aclsum_splits
+
+    return build_aclsum_splits(
+        instruction=task["instruction"],
+        aspects=list(task["aspects"]),
+        max_examples=dict(task["max_examples"]),
+        seed=seed,
+    )
+
+
+BUILDERS: dict[str, Callable[[Mapping[str, Any], int], dict[str, list[Example]]]] = {
+    "sword": sword_splits,
+    "aclsum": aclsum_splits,
+    "jsonl": jsonl_splits,
+    "hub_translation": hub_translation_splits,
+}
+
+
+def drop_test_overlap(examples: Sequence[Example], test: Sequence[Example]) -> list[Example]:
+    """Remove examples whose prompt is also a test prompt (the Bible repeats some verses word for word)."""
+    test_prompts = {example.prompt for example in test}
+    return [example for example in examples if example.prompt not in test_prompts]
+
+
+def validate_task_config(task: Mapping[str, Any]) -> None:
+    if task.get("source") not in BUILDERS:
+        raise DataError(f"unknown task source {task.get('source')!r}; choose one of {SOURCES}")
+    if task.get("kind") not in ("translation", "summarization"):
+        raise DataError(f"unknown task kind {task.get('kind')!r}; choose translation or summarization")
+    missing = [split for split in SPLITS if split not in task.get("max_examples", {})]
+    if missing:
+        raise DataError(f"task.max_examples needs an entry (a number or null) for {missing}")
+
+
+def build_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    """Every split of the configured task, checked: no empty split, no test prompt in train or valid."""
+    validate_task_config(task)
+    splits = BUILDERS[task["source"]](task, seed)
+    splits["train"] = drop_test_overlap(splits["train"], splits["test"])
+    splits["valid"] = drop_test_overlap(splits["valid"], splits["test"])
+    for split in SPLITS:
+        if not splits.get(split):
+            raise DataError(f"task {task.get('name')!r}: the {split} split is empty")
+    return splits

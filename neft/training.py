@@ -1,0 +1,148 @@
+"""The one training loop. Probe, NeFT, full FT and LoRA all run through `train`; they differ only in
+the parameters they hand it (see `neft.methods`).
+
+AdamW with linear decay (optional warmup), gradient clipping on the trained parameters, optional
+bf16 autocast, validation loss every `eval_every` steps, and the best step's parameters restored
+at the end (the paper keeps the checkpoint with the lowest validation loss).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    learning_rate: float
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    eval_every: int = 0  # 0: validate only at the end
+    autocast_dtype: torch.dtype | None = None
+    keep_best: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    valid_losses: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int = 0
+    best_valid_loss: float = math.inf
+    seconds: float = 0.0
+    train_tokens: int = 0
+    peak_memory_bytes: int = 0
+
+
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier: linear warmup, then linear decay to zero."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return multiplier
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Max allocated on GPU; peak resident set of the process on CPU (whole process lifetime)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    device = model_device(model)
+    batch = {key: value.to(device) for key, value in batch.items()}
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        return model(**batch).loss
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], autocast_dtype: torch.dtype | None = None) -> float:
+    """Token-weighted mean loss over the batches."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for batch in batches:
+        count = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(_batch_loss(model, batch, autocast_dtype)) * count
+        tokens += count
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def train(
+    model: nn.Module,
+    parameters: list[nn.Parameter],
+    batches: Iterator[dict[str, torch.Tensor]],
+    settings: TrainSettings,
+    valid_batches: Sequence[dict[str, torch.Tensor]] = (),
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    description: str = "train",
+) -> TrainResult:
+    """Optimise `parameters` of `model` for `settings.steps` steps; everything else stays frozen."""
+    if not parameters:
+        raise ValueError("no trainable parameters")
+    device = model_device(model)
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(settings.warmup_steps, settings.steps))
+    result = TrainResult()
+    best_state: list[torch.Tensor] | None = None
+    model.train()
+    start = time.perf_counter()
+    progress = tqdm(range(1, settings.steps + 1), desc=description, disable=None, dynamic_ncols=True)
+    for step in progress:
+        batch = next(batches)
+        loss = _batch_loss(model, batch, settings.autocast_dtype)
+        loss.backward()
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(float(loss))
+        result.train_tokens += int(batch["attention_mask"].sum())
+        logged = {"loss": result.losses[-1], "learning_rate": scheduler.get_last_lr()[0]}
+        is_eval_step = step == settings.steps or (settings.eval_every and step % settings.eval_every == 0)
+        if valid_batches and is_eval_step:
+            valid = validation_loss(model, valid_batches, settings.autocast_dtype)
+            result.valid_losses.append((step, valid))
+            logged["valid_loss"] = valid
+            if valid < result.best_valid_loss:
+                result.best_step, result.best_valid_loss = step, valid
+                if settings.keep_best and step != settings.steps:
+                    best_state = [p.detach().clone() for p in parameters]
+                else:
+                    best_state = None  # the current parameters are the best: nothing to restore
+        if on_step:
+            on_step(step, logged)
+        progress.set_description(f"{description}|step {step}|loss {result.losses[-1]:.4f}")
+    if best_state is not None:
+        with torch.no_grad():
+            for parameter, saved in zip(parameters, best_state):
+                parameter.copy_(saved)
+    result.seconds = time.perf_counter() - start
+    result.peak_memory_bytes = peak_memory_bytes(device)
+    return result

@@ -1,0 +1,11 @@
+"""Stage mask: the k lowest-scoring neurons over the global pool, k from `ratio`.
+
+Usage: python stages/mask.py              (writes artifacts/mask/mask.json and summary.json)
+"""
+
+from _common import run_stage
+
+from neft import pipeline
+
+if __name__ == "__main__":
+    run_stage(lambda params: pipeline.mask_stage(params))
