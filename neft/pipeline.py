@@ -18,7 +18,7 @@ from neft.data.records import read_jsonl, write_jsonl
 from neft.data.sources import SPLITS, build_splits, validate_task_config
 from neft.evaluation import generate_greedy, task_metrics
 from neft.io import atomic_directory, read_json, write_json
-from neft.masks import ModelShape, NeuronMask, build_mask, load_mask, save_mask, summarize_mask, validate_mask
+from neft.masks import ModelShape, build_mask, load_mask, save_mask, summarize_mask, validate_mask
 from neft.methods import (
     EVAL_METHODS,
     METHODS,
@@ -131,9 +131,10 @@ def setup_method(run: str, model: torch.nn.Module, params: dict[str, Any]) -> Tr
     if run == "lora":
         budget = load_mask(MASK_FILE).trainable_parameters
         rank = lora_rank_for_budget(model, budget)
+        per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
         lora = params["methods"]["lora"]
         trainable = lora_finetuning(model, rank, lora["alpha"], lora["dropout"])
-        trainable.details.update(neft_budget=budget, parameters_per_rank=lora_parameters_per_rank(trainable.model))
+        trainable.details.update(neft_budget=budget, parameters_per_rank=per_rank)
         return trainable
     raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
 

@@ -122,7 +122,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(float(loss))
+        result.losses.append(float(loss.detach()))
         result.train_tokens += int(batch["attention_mask"].sum())
         logged = {"loss": result.losses[-1], "learning_rate": scheduler.get_last_lr()[0]}
         is_eval_step = step == settings.steps or (settings.eval_every and step % settings.eval_every == 0)

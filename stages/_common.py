@@ -22,6 +22,11 @@ from neft.models import ModelConfigError  # noqa: E402
 
 USER_ERRORS = (ConfigError, DataError, MaskError, ModelConfigError)
 
+if not sys.stderr.isatty():  # logs stay readable under dvc repro and CI; tqdm bars quiet themselves
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
 
 def run_stage(work: Callable[[dict[str, Any]], dict[str, Any]], usage: str = "", argc: int = 0) -> None:
     """Run `work(params)`, print its summary as JSON; a user error exits 2 with one clear line."""

@@ -7,9 +7,10 @@ input already joined by the task's template), `target` the reference answer.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 
 class DataError(ValueError):
@@ -53,3 +54,14 @@ def write_jsonl(path: Path, examples: Iterable[Example]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for example in examples:
             handle.write(json.dumps(asdict(example), ensure_ascii=False) + "\n")
+
+
+def subsample(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
+    """At most `limit` items chosen by `random.Random(seed)`, kept in their original order."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 0:
+        raise DataError(f"max_examples must be a non-negative integer or null, got {limit}")
+    # Sorted indices keep canonical order (e.g. all aspects of a paper stay together).
+    chosen = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in chosen]

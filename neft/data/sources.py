@@ -11,18 +11,10 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from neft.data.records import DataError, Example
+from neft.data.records import DataError, Example, subsample
 
 SPLITS = ("train", "valid", "test")
 SOURCES = ("sword", "aclsum", "jsonl", "hub_translation")
-
-
-def subsample(items: Sequence[Any], limit: int | None, seed: int) -> list[Any]:
-    """At most `limit` items chosen by a seeded generator, kept in their original order."""
-    if limit is None or limit >= len(items):
-        return list(items)
-    chosen = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in chosen]
 
 
 def translation_example(example_id: str, instruction: str, source: str, target: str) -> Example:

@@ -1,0 +1,109 @@
+import json
+
+import pytest
+
+from neft.data.records import DataError, Example, read_jsonl, write_jsonl
+from neft.data.records import subsample
+from neft.data.sources import build_splits, drop_test_overlap, pairs_from_parallel_sets, pairs_from_translation_column
+from neft.tokenization import IGNORE_INDEX, encode_for_training, training_batches, encode_all
+
+
+def write_lines(path, rows):
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8")
+
+
+def jsonl_task(tmp_path, **overrides):
+    files = {}
+    for split in ("train", "valid", "test"):
+        files[split] = tmp_path / f"{split}.jsonl"
+        write_lines(files[split], [{"source": f"{split} uno {i}", "target": f"{split} one {i}"} for i in range(6)])
+    task = {
+        "name": "mine", "kind": "translation", "source": "jsonl", "files": {k: str(v) for k, v in files.items()},
+        "source_field": "source", "target_field": "target", "instruction": "Translate.",
+        "max_examples": {"train": 4, "valid": None, "test": None},
+    }
+    task.update(overrides)
+    return task
+
+
+def test_jsonl_task_builds_prompts_and_subsamples_deterministically(tmp_path):
+    task = jsonl_task(tmp_path)
+    first, again = build_splits(task, seed=1), build_splits(task, seed=1)
+    assert first == again
+    assert len(first["train"]) == 4 and len(first["test"]) == 6
+    assert first["test"][0].prompt == "Translate.\n\ntest uno 0" and first["test"][0].target == "test one 0"
+    assert any(build_splits(task, seed=s)["train"] != first["train"] for s in range(2, 6))
+
+
+def test_empty_file_is_rejected(tmp_path):
+    task = jsonl_task(tmp_path)
+    (tmp_path / "valid.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="valid.jsonl: no records"):
+        build_splits(task, seed=0)
+
+
+@pytest.mark.parametrize("line, message", [("{oops", "not valid JSON"), (json.dumps({"source": "x"}), "needs non-empty string fields"), (json.dumps({"source": "x", "target": ""}), "needs non-empty")])
+def test_malformed_lines_are_rejected_with_their_line_number(tmp_path, line, message):
+    task = jsonl_task(tmp_path)
+    write_lines(tmp_path / "train.jsonl", [{"source": "a", "target": "b"}, line])
+    with pytest.raises(DataError, match=rf"train.jsonl:2: {message}"):
+        build_splits(task, seed=0)
+
+
+def test_missing_file_and_unknown_source_are_rejected(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        build_splits(jsonl_task(tmp_path, files={"train": "nope.jsonl", "valid": "nope.jsonl", "test": "nope.jsonl"}), seed=0)
+    with pytest.raises(DataError, match="unknown task source 'ftp'"):
+        build_splits(jsonl_task(tmp_path, source="ftp"), seed=0)
+
+
+def test_records_round_trip_and_malformed_records_fail(tmp_path):
+    examples = [Example("1", "p ñ 你", "t"), Example("2", "q", "u")]
+    write_jsonl(tmp_path / "x.jsonl", examples)
+    assert read_jsonl(tmp_path / "x.jsonl") == examples
+    write_lines(tmp_path / "bad.jsonl", [{"id": "1", "prompt": "p"}])
+    with pytest.raises(DataError, match=r"bad.jsonl:1: missing field\(s\) \['target'\]"):
+        read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_test_prompts_never_remain_in_training():
+    test = [Example("t", "same prompt", "x")]
+    train = [Example("a", "same prompt", "y"), Example("b", "other", "z")]
+    assert [e.id for e in drop_test_overlap(train, test)] == ["b"]
+
+
+def test_subsample_keeps_order_and_is_seeded():
+    items = list(range(100))
+    sample = subsample(items, 10, seed=3)
+    assert sample == sorted(sample) and len(set(sample)) == 10
+    assert sample == subsample(items, 10, seed=3) != subsample(items, 10, seed=4)
+    assert subsample(items, None, seed=0) == items
+
+
+def test_hub_row_shapes_are_read():
+    rows = [{"translation": {"en": "Hello", "zh": "你好"}}, {"translation": {"en": "", "zh": "空"}}]
+    assert pairs_from_translation_column(rows, "translation", "en", "zh") == [("Hello", "你好")]
+    source = [{"id": 1, "text": "Hello"}, {"id": 2, "text": "Bye"}]
+    target = [{"id": 2, "text": "再见"}, {"id": 1, "text": "你好"}]
+    assert pairs_from_parallel_sets(source, target, "text", "id") == [("1", "Hello", "你好"), ("2", "Bye", "再见")]
+
+
+def test_training_labels_cover_the_answer_only(tokenizer):
+    encoded = encode_for_training(tokenizer, Example("1", "Translate: hola", "hello"), max_length=512)
+    answer = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(answer).startswith("hello<|im_end|>")
+    assert encoded.labels[0] == IGNORE_INDEX
+
+
+def test_examples_whose_prompt_fills_max_length_are_dropped(tokenizer):
+    long = Example("1", "x" * 300, "y")
+    assert encode_for_training(tokenizer, long, max_length=64) is None
+    with pytest.raises(DataError, match="longer than max_length=64"):
+        encode_all(tokenizer, [long], max_length=64)
+
+
+def test_training_batches_are_seeded(tokenizer):
+    items = encode_all(tokenizer, [Example(str(i), f"p{i}", f"t{i}") for i in range(10)], max_length=64)
+    first = [next(training_batches(items, 4, 0, seed=5))["input_ids"] for _ in range(1)]
+    again = [next(training_batches(items, 4, 0, seed=5))["input_ids"] for _ in range(1)]
+    assert all((a == b).all() for a, b in zip(first, again))

@@ -1,0 +1,112 @@
+"""NeFT's sparse deltas: exact freezing, same optimisation as dense gradient masking, file round trip."""
+
+import copy
+
+import pytest
+import torch
+
+from conftest import random_batch, random_mask
+from neft.delta import NeuronDeltaLinear, apply_delta, attach_deltas, load_delta, merge_deltas, save_delta
+from neft.methods import dense_masked_finetuning, neft_finetuning
+from neft.neurons import NEURON_KINDS, weight_name
+from neft.training import TrainSettings, train
+
+
+def endless(batch):
+    while True:
+        yield batch
+
+
+def run_steps(trainable, batch, steps=4, lr=1e-2, max_grad_norm=None):
+    settings = TrainSettings(steps=steps, learning_rate=lr, max_grad_norm=max_grad_norm, keep_best=False)
+    return train(trainable.model, trainable.parameters, endless(batch), settings).losses
+
+
+def selected_positions(mask, kind, layer):
+    return mask.layer_indices(kind.name, layer)
+
+
+def test_zero_delta_leaves_outputs_unchanged(tiny_model):
+    batch = random_batch(tiny_model.config.vocab_size)
+    reference = tiny_model(**batch).logits
+    attach_deltas(tiny_model, random_mask(tiny_model, per_matrix=5))
+    torch.testing.assert_close(tiny_model(**batch).logits, reference, rtol=0, atol=1e-6)
+
+
+def test_after_training_and_merging_only_selected_neurons_changed(tiny_model):
+    base_state = {name: tensor.clone() for name, tensor in tiny_model.state_dict().items()}
+    mask = random_mask(tiny_model, per_matrix=5)
+    wrappers = attach_deltas(tiny_model, mask)
+    parameters = [p for w in wrappers.values() for p in (w.row_delta, w.column_delta) if p.numel()]
+    settings = TrainSettings(steps=3, learning_rate=1e-2, keep_best=False)
+    train(tiny_model, parameters, endless(random_batch(tiny_model.config.vocab_size)), settings)
+    merge_deltas(tiny_model, wrappers)
+    merged = tiny_model.state_dict()
+    assert set(merged) == set(base_state), "merging must give back the plain model's parameters"
+    candidate_names = set()
+    for kind in (NEURON_KINDS["in"], NEURON_KINDS["out"]):
+        for layer in range(mask.shape.num_layers):
+            name = weight_name(layer, kind)
+            candidate_names.add(name)
+            selected = torch.zeros(mask.shape.d_ff, dtype=torch.bool)
+            selected[selected_positions(mask, kind, layer)] = True
+            before, after = base_state[name], merged[name]
+            if kind.axis == 1:
+                before, after = before.T, after.T
+            assert torch.equal(after[~selected], before[~selected]), f"unselected neurons of {name} moved"
+            assert (after[selected] != before[selected]).any(dim=1).all(), f"a selected neuron of {name} did not train"
+    for name, tensor in base_state.items():
+        if name not in candidate_names:
+            assert torch.equal(merged[name], tensor), f"non-candidate parameter {name} changed"
+
+
+def test_delta_training_matches_dense_gradient_masking(tiny_model):
+    """Same losses step by step as the reference's way (weight decay 0, no clipping)."""
+    mask = random_mask(tiny_model, per_matrix=6)
+    batch = random_batch(tiny_model.config.vocab_size, seed=3)
+    dense_losses = run_steps(dense_masked_finetuning(copy.deepcopy(tiny_model), mask), batch)
+    delta_losses = run_steps(neft_finetuning(copy.deepcopy(tiny_model), mask, {}), batch)
+    assert dense_losses[0] == pytest.approx(delta_losses[0], abs=1e-6)
+    assert dense_losses[-1] < dense_losses[0]
+    torch.testing.assert_close(torch.tensor(delta_losses), torch.tensor(dense_losses), rtol=1e-4, atol=1e-5)
+
+
+def test_delta_trains_only_k_times_d_model_parameters(tiny_model):
+    mask = random_mask(tiny_model, per_matrix=5)
+    trainable = neft_finetuning(tiny_model, mask, {})
+    assert trainable.trainable_parameters == mask.num_neurons * tiny_model.config.hidden_size
+    assert not any(p.requires_grad for name, p in tiny_model.named_parameters() if "delta" not in name)
+
+
+def test_delta_save_load_merge_round_trips(tiny_model, tmp_path):
+    mask = random_mask(tiny_model, per_matrix=4)
+    untouched = copy.deepcopy(tiny_model)
+    wrappers = attach_deltas(tiny_model, mask)
+    with torch.no_grad():
+        for wrapper in wrappers.values():
+            wrapper.row_delta.normal_()
+            wrapper.column_delta.normal_()
+    save_delta(wrappers, tmp_path / "delta", {"note": "test"})
+    merged_in_memory = merge_deltas(tiny_model, wrappers).state_dict()
+    merged_from_file = apply_delta(untouched, load_delta(tmp_path / "delta")).state_dict()
+    for name, tensor in merged_in_memory.items():
+        assert torch.equal(tensor, merged_from_file[name]), name
+    assert all(not isinstance(m, NeuronDeltaLinear) for m in tiny_model.modules())
+
+
+def test_delta_file_holds_values_and_indices_only(tiny_model, tmp_path):
+    mask = random_mask(tiny_model, per_matrix=4)
+    save_delta(attach_deltas(tiny_model, mask), tmp_path / "delta", {})
+    size = (tmp_path / "delta" / "neft_delta.safetensors").stat().st_size
+    values = mask.num_neurons * tiny_model.config.hidden_size * 4
+    indices = mask.num_neurons * 8
+    assert values + indices <= size <= 1.05 * values + indices + 4096  # + safetensors header
+
+
+def test_delta_for_another_model_is_rejected(tiny_model, tmp_path):
+    save_delta(attach_deltas(copy.deepcopy(tiny_model), random_mask(tiny_model, per_matrix=4)), tmp_path / "delta", {})
+    modules = load_delta(tmp_path / "delta")
+    name = next(iter(modules))
+    modules[name]["row_delta"] = modules[name]["row_delta"][:, :-1]
+    with pytest.raises(ValueError, match="model needs"):
+        apply_delta(tiny_model, modules)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from conftest import random_batch, random_mask
+from neft.methods import LORA_TARGETS, full_finetuning, load_trained_model, lora_finetuning, lora_parameters_per_rank, lora_rank_for_budget
+from neft.models import count_parameters
+
+
+def test_lora_parameters_per_rank_counts_all_seven_projections(tiny_model):
+    config = tiny_model.config
+    d, f, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    per_layer = (d + d) + (d + kv) * 2 + (d + d) + 3 * (d + f)
+    assert lora_parameters_per_rank(tiny_model) == per_layer * config.num_hidden_layers
+
+
+def test_lora_rank_matches_the_neft_budget(tiny_model):
+    budget = random_mask(tiny_model, per_matrix=10).trainable_parameters
+    rank = lora_rank_for_budget(tiny_model, budget)
+    per_rank = lora_parameters_per_rank(tiny_model, LORA_TARGETS)
+    trainable = lora_finetuning(tiny_model, rank, alpha=16)
+    assert trainable.trainable_parameters == rank * per_rank
+    assert abs(trainable.trainable_parameters - budget) <= per_rank / 2
+
+
+def test_full_finetuning_trains_every_parameter_once(tiny_model):
+    trainable = full_finetuning(tiny_model)
+    assert trainable.trainable_parameters == count_parameters(tiny_model)
+
+
+def test_saved_lora_adapter_loads_and_merges_to_the_same_outputs(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "base")
+    trainable = lora_finetuning(tiny_model, rank=2, alpha=16)
+    with torch.no_grad():
+        for parameter in trainable.parameters:
+            parameter.normal_(std=0.1)
+    batch = random_batch(tiny_model.config.vocab_size)
+    expected = trainable.model(**batch).logits
+    trainable.save(tmp_path / "adapter")
+    merged = load_trained_model("lora", tmp_path / "base", tmp_path / "adapter")
+    torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_method_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        load_trained_model("prefix", tmp_path, tmp_path)

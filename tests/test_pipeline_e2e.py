@@ -1,0 +1,101 @@
+"""The whole DVC pipeline on the tiny configuration, in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny-llama", "task=jsonl"]
+ALL_STAGES = {
+    "prepare_data", "prepare_model", "probe", "score", "mask", "train_full", "train_neft", "train_lora",
+    "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "report",
+}
+RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "report"}
+
+
+def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh git+DVC checkout of the project with params.yaml composed for the tiny model."""
+    repo = tmp_path_factory.mktemp("neft-e2e")
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
+    for name in files:
+        if name.startswith(("reports/", "data/prepared")) or name == "dvc.lock" or not (ROOT / name).is_file():
+            continue
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@neft.local"], repo)
+    run(["git", "config", "user.name", "neft test"], repo)
+    run([sys.executable, "scripts/compose_params.py", *TINY], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny"], repo)
+    first = run(["dvc", "repro"], repo)
+    assert stages_run(first.stdout) == ALL_STAGES
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny run"], repo)
+    return repo
+
+
+def test_repro_writes_every_artifact(repo):
+    for path in ["data/prepared/train.jsonl", "artifacts/model/model.safetensors", "artifacts/probe/model.safetensors",
+                 "artifacts/scores/scores.parquet", "artifacts/mask/mask.json", "artifacts/train/neft/neft_delta.safetensors",
+                 "artifacts/train/lora/adapter_model.safetensors", "artifacts/train/full/model.safetensors",
+                 "reports/results.md", "reports/results.csv", "reports/plots/loss.png", "reports/plots/neurons_per_layer.png",
+                 "reports/eval/neft/predictions.jsonl", "reports/train/neft/plots/metrics/loss.tsv"]:
+        assert (repo / path).is_file(), path
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert set(metrics) == {"base", "full", "neft", "lora", "mask"}
+    assert {"bleu", "chrf", "trainable_percent"} <= set(metrics["neft"])
+    assert metrics["neft"]["trainable_percent"] == pytest.approx(6.0, abs=0.1)
+    lora = json.loads((repo / "reports/train/lora/summary.json").read_text())
+    assert abs(lora["trainable_parameters"] - lora["neft_budget"]) <= lora["parameters_per_rank"] / 2
+
+
+def test_second_repro_does_nothing(repo):
+    again = run(["dvc", "repro"], repo)
+    assert stages_run(again.stdout) == set()
+    assert run(["dvc", "status"], repo).stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+def test_ratio_change_reruns_only_mask_and_downstream(repo):
+    experiment = run(["dvc", "exp", "run", "-S", "ratio=0.12", *sum((["-S", override] for override in TINY), [])], repo)
+    assert stages_run(experiment.stdout) == RATIO_DOWNSTREAM
+    assert yaml.safe_load((repo / "params.yaml").read_text())["ratio"] == 0.12
+    diff = run(["dvc", "metrics", "diff"], repo).stdout
+    assert "neft.trainable_percent" in diff and "12.0" in diff
+
+
+def test_bad_ratio_fails_cleanly_and_keeps_the_old_mask(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    before = (repo / "artifacts/mask/mask.json").read_bytes()
+    params["ratio"] = 0.95
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        failed = run([sys.executable, "stages/mask.py"], repo, check=False)
+    finally:
+        run(["git", "checkout", "params.yaml"], repo)
+    assert failed.returncode != 0
+    assert "error: ratio 0.95 needs" in failed.stderr and "candidate pool has only" in failed.stderr
+    assert (repo / "artifacts/mask/mask.json").read_bytes() == before
+    assert not list((repo / "artifacts").glob(".mask.*")), "no half-written scratch directory may remain"
