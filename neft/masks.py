@@ -3,6 +3,9 @@
 ratio = k * d_model / total_parameters (the paper's budget). The pool is every candidate neuron of
 every layer and kind together; we keep exactly the k lowest cosine scores, ties broken by
 (layer, kind, index) so the same scores always give the same mask.
+
+Two controls use the same budget and the same pool: `reversed` keeps the k HIGHEST scores (least
+changed; the paper found it hurts) and `random` a seeded uniform sample (the paper never tried it).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from neft.neurons import NEURON_KINDS
 
 MASK_FORMAT = "neft-mask/v1"
-STRATEGIES = ("cosine",)
+STRATEGIES = ("cosine", "reversed", "random")
 
 
 class MaskError(ValueError):
@@ -52,6 +55,7 @@ class NeuronMask:
 
     shape: ModelShape
     ratio: float
+    strategy: str = "cosine"
     indices: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
     @property
@@ -82,27 +86,38 @@ def neurons_for_ratio(ratio: float, shape: ModelShape, pool_size: int) -> int:
     return k
 
 
-def select_lowest_neurons(scores: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Exactly the k rows with the lowest score; ties go to the earlier (layer, kind, index)."""
+def select_lowest_neurons(scores: pd.DataFrame, k: int, key: np.ndarray | None = None) -> pd.DataFrame:
+    """Exactly the k rows with the lowest `key` (default: score); ties go to the earlier (layer, kind, index)."""
     kind_order = scores["kind"].map({name: rank for rank, name in enumerate(NEURON_KINDS)})
-    # np.lexsort sorts by the last key first: score, then layer, kind, index.
-    order = np.lexsort((scores["index"].to_numpy(), kind_order.to_numpy(), scores["layer"].to_numpy(),
-                        scores["score"].to_numpy()))
+    key = scores["score"].to_numpy() if key is None else key
+    # np.lexsort sorts by the last key first: key, then layer, kind, index.
+    order = np.lexsort((scores["index"].to_numpy(), kind_order.to_numpy(), scores["layer"].to_numpy(), key))
     return scores.iloc[order[:k]]
 
 
-def mask_from_selection(selection: pd.DataFrame, shape: ModelShape, ratio: float) -> NeuronMask:
+def selection_key(scores: pd.DataFrame, strategy: str, seed: int) -> np.ndarray:
+    """What the k lowest values are taken of: the cosine itself, its negation, or seeded noise."""
+    if strategy == "cosine":
+        return scores["score"].to_numpy()
+    if strategy == "reversed":
+        return -scores["score"].to_numpy()
+    if strategy == "random":
+        return np.random.default_rng(seed).random(len(scores))
+    raise MaskError(f"unknown mask strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+def mask_from_selection(selection: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str) -> NeuronMask:
     indices: dict[str, dict[int, list[int]]] = {}
     for (kind, layer), group in selection.groupby(["kind", "layer"], sort=True):
         indices.setdefault(str(kind), {})[int(layer)] = sorted(int(i) for i in group["index"])
-    return NeuronMask(shape=shape, ratio=ratio, indices=indices)
+    return NeuronMask(shape=shape, ratio=ratio, strategy=strategy, indices=indices)
 
 
-def build_mask(scores: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str = "cosine") -> NeuronMask:
-    if strategy not in STRATEGIES:
-        raise MaskError(f"unknown mask strategy {strategy!r}; choose one of {STRATEGIES}")
+def build_mask(scores: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str = "cosine", seed: int = 0) -> NeuronMask:
+    """The mask for `ratio` under `strategy` (cosine = NeFT; reversed and random are controls)."""
+    key = selection_key(scores, strategy, seed)
     k = neurons_for_ratio(ratio, shape, pool_size=len(scores))
-    return mask_from_selection(select_lowest_neurons(scores, k), shape, ratio)
+    return mask_from_selection(select_lowest_neurons(scores, k, key), shape, ratio, strategy)
 
 
 def validate_mask(mask: NeuronMask, shape: ModelShape) -> None:
@@ -125,6 +140,7 @@ def mask_to_json(mask: NeuronMask) -> dict[str, Any]:
     return {
         "format": MASK_FORMAT,
         "ratio": mask.ratio,
+        "strategy": mask.strategy,
         "num_neurons": mask.num_neurons,
         "model": vars(mask.shape),
         "indices": {kind: {str(layer): ids for layer, ids in per_layer.items()} for kind, per_layer in mask.indices.items()},
@@ -137,6 +153,7 @@ def mask_from_json(data: dict[str, Any]) -> NeuronMask:
     mask = NeuronMask(
         shape=ModelShape(**data["model"]),
         ratio=float(data["ratio"]),
+        strategy=data.get("strategy", "cosine"),
         indices={kind: {int(layer): list(ids) for layer, ids in per_layer.items()} for kind, per_layer in data["indices"].items()},
     )
     if mask.num_neurons != data["num_neurons"]:
@@ -164,6 +181,7 @@ def summarize_mask(mask: NeuronMask) -> dict[str, Any]:
     }
     return {
         "ratio": mask.ratio,
+        "strategy": mask.strategy,
         "num_neurons": mask.num_neurons,
         "trainable_parameters": mask.trainable_parameters,
         "total_parameters": mask.shape.total_parameters,

@@ -109,7 +109,7 @@ def score_stage(params: dict[str, Any], out_dir: Path = SCORES_DIR) -> dict[str,
 def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR) -> dict[str, Any]:
     ratio = validate_ratio(params["ratio"])
     scores = pd.read_parquet(SCORES_DIR / "scores.parquet")
-    mask = build_mask(scores, read_model_shape(), ratio, params["mask"]["strategy"])
+    mask = build_mask(scores, read_model_shape(), ratio, params["mask"]["strategy"], params["seed"])
     summary = summarize_mask(mask)
     with atomic_directory(out_dir) as scratch:
         save_mask(mask, scratch / MASK_FILE.name)

@@ -105,3 +105,28 @@ def test_summary_counts_per_layer_and_kind_add_up():
     assert sum(sum(counts) for counts in summary["neurons_per_layer"].values()) == 60
     assert summary["trainable_parameters"] == 60 * 16
     assert summary["trainable_percent"] == pytest.approx(6.0)
+
+
+def test_reversed_control_keeps_the_highest_scores():
+    scores = fake_scores()
+    mask = build_mask(scores, SHAPE, 0.03, strategy="reversed")
+    k = mask.num_neurons
+    chosen = {(kind, layer, i) for kind, per_layer in mask.indices.items() for layer, ids in per_layer.items() for i in ids}
+    expected = scores.sort_values("score", ascending=False).head(k)
+    assert chosen == {(kd, l, i) for l, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
+    assert mask.strategy == "reversed"
+
+
+def test_random_control_is_reproducible_by_seed_and_ignores_scores():
+    scores = fake_scores()
+    same = build_mask(scores, SHAPE, 0.03, strategy="random", seed=7)
+    again = build_mask(fake_scores(seed=99), SHAPE, 0.03, strategy="random", seed=7)
+    other = build_mask(scores, SHAPE, 0.03, strategy="random", seed=8)
+    assert same.indices == again.indices  # the draw does not look at the scores
+    assert same.indices != other.indices
+    assert same.num_neurons == other.num_neurons == build_mask(scores, SHAPE, 0.03).num_neurons
+
+
+def test_unknown_strategy_is_rejected():
+    with pytest.raises(MaskError, match="unknown mask strategy 'magnitude'"):
+        build_mask(fake_scores(), SHAPE, 0.03, strategy="magnitude")

@@ -1,0 +1,109 @@
+"""Turning many DVC experiments into answers: the budget curve (quality vs trainable % for NeFT and
+matched LoRA, the paper's Table 7), the controls at one budget (cosine vs reversed vs random), and
+the spread over seeds (mean +/- standard deviation per method).
+
+Input is `dvc exp show --json`; every function below works on plain data and is tested on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from neft.evaluation import METRICS_BY_KIND  # noqa: E402
+
+METHODS = ("base", "full", "neft", "lora")
+GROUP_KEYS = ("task", "ratio", "strategy")
+
+
+def _revisions(entries: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, data) of every baseline commit and every experiment under it."""
+    for entry in entries:
+        if entry.get("data"):
+            yield entry.get("name") or entry["rev"], entry["data"]
+        for experiment in entry.get("experiments") or []:
+            for revision in experiment.get("revs", []):
+                if revision.get("data"):
+                    yield revision.get("name") or revision["rev"], revision["data"]
+
+
+def _file_data(section: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
+    for path, content in (section or {}).items():
+        if path.endswith(suffix):
+            return content.get("data") or {}
+    return {}
+
+
+def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
+    """One row per (experiment, method): its parameters that matter and its metrics."""
+    rows = []
+    for name, data in _revisions(exp_show):
+        if name == "workspace" and not include_workspace:
+            continue
+        params = _file_data(data.get("params"), "params.yaml")
+        metrics = _file_data(data.get("metrics"), "metrics.json")
+        if not params or not metrics:
+            continue
+        for method in METHODS:
+            if method not in metrics:
+                continue
+            rows.append({
+                "experiment": name,
+                "task": params["task"]["name"],
+                "kind": params["task"]["kind"],
+                "model": params["model"]["name"],
+                "ratio": params["ratio"],
+                "strategy": params["mask"]["strategy"],
+                "seed": params["seed"],
+                "method": method,
+                **metrics[method],
+            })
+    return pd.DataFrame(rows)
+
+
+def primary_metric(kind: str) -> str:
+    return METRICS_BY_KIND[kind][0]
+
+
+def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean, standard deviation and count of `metric` over seeds, per (task, ratio, strategy, method)."""
+    grouped = rows.groupby([*GROUP_KEYS, "method"], sort=True)
+    summary = grouped.agg(
+        trainable_percent=("trainable_percent", "mean"),
+        mean=(metric, "mean"),
+        std=(metric, "std"),
+        seeds=("seed", "nunique"),
+    ).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)  # one seed: no spread measured
+    return summary
+
+
+def budget_curve(rows: pd.DataFrame, metric: str, strategy: str = "cosine") -> pd.DataFrame:
+    """NeFT and matched LoRA quality per budget (cosine masks only), averaged over seeds."""
+    summary = seed_summary(rows[rows["strategy"] == strategy], metric)
+    return summary[summary["method"].isin(["neft", "lora"])].sort_values(["task", "method", "ratio"]).reset_index(drop=True)
+
+
+def controls_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """NeFT under each mask strategy at each budget: rows (task, ratio), columns strategy."""
+    neft = seed_summary(rows[rows["method"] == "neft"], metric)
+    neft["value"] = neft.apply(lambda row: f"{row['mean']:.2f} +/- {row['std']:.2f} (n={row['seeds']})", axis=1)
+    return neft.pivot_table(index=["task", "ratio"], columns="strategy", values="value", aggfunc="first").reset_index()
+
+
+def plot_budget_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for (task, method), part in curve.groupby(["task", "method"]):
+        axis.errorbar(part["trainable_percent"], part["mean"], yerr=part["std"], marker="o", capsize=3, label=f"{method} ({task})")
+    axis.set_xlabel("trainable parameters (% of model)")
+    axis.set_ylabel(metric)
+    axis.set_title("Quality vs budget: NeFT and LoRA at matched parameter counts")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,73 @@
+"""Aggregation of `dvc exp show --json` into budget curve, controls and seed spread."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neft.experiments import budget_curve, controls_table, experiment_rows, seed_summary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def revision(name, ratio, seed, strategy, neft_bleu, lora_bleu):
+    params = {"ratio": ratio, "seed": seed, "mask": {"strategy": strategy}, "task": {"name": "bible", "kind": "translation"}, "model": {"name": "m"}}
+    metrics = {
+        "base": {"trainable_percent": 0.0, "bleu": 1.0},
+        "neft": {"trainable_percent": 100 * ratio, "bleu": neft_bleu},
+        "lora": {"trainable_percent": 100 * ratio + 0.1, "bleu": lora_bleu},
+    }
+    return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}}}
+
+
+def exp_show():
+    """Shaped like DVC 3's `dvc exp show --json`: baselines, experiments under them."""
+    baseline = revision("main", 0.06, 0, "cosine", 10.0, 8.0)
+    baseline["experiments"] = [
+        {"revs": [revision("exp-a", 0.06, 1, "cosine", 12.0, 9.0)]},
+        {"revs": [revision("exp-b", 0.03, 0, "cosine", 7.0, 6.0)]},
+        {"revs": [revision("exp-c", 0.06, 0, "random", 5.0, 8.0)]},
+        {"revs": [revision("exp-d", 0.06, 0, "reversed", 4.0, 8.0)]},
+    ]
+    workspace = revision("workspace", 0.06, 0, "cosine", 10.0, 8.0)
+    return [workspace, baseline]
+
+
+def test_rows_cover_every_experiment_and_method_but_not_the_workspace():
+    rows = experiment_rows(exp_show())
+    assert set(rows["experiment"]) == {"main", "exp-a", "exp-b", "exp-c", "exp-d"}
+    assert len(rows) == 5 * 3
+    assert len(experiment_rows(exp_show(), include_workspace=True)) == 6 * 3
+
+
+def test_seed_summary_gives_mean_and_sample_std():
+    summary = seed_summary(experiment_rows(exp_show()), "bleu")
+    neft = summary[(summary["method"] == "neft") & (summary["ratio"] == 0.06) & (summary["strategy"] == "cosine")].iloc[0]
+    assert neft["mean"] == pytest.approx(11.0)
+    assert neft["std"] == pytest.approx(2 ** 0.5)  # sample std of 10 and 12
+    assert neft["seeds"] == 2
+    single = summary[(summary["method"] == "neft") & (summary["ratio"] == 0.03)].iloc[0]
+    assert single["std"] == 0.0 and single["seeds"] == 1
+
+
+def test_budget_curve_has_neft_and_lora_per_ratio_from_cosine_masks_only():
+    curve = budget_curve(experiment_rows(exp_show()), "bleu")
+    assert set(curve["method"]) == {"neft", "lora"}
+    assert curve[curve["method"] == "neft"]["ratio"].tolist() == [0.03, 0.06]
+    assert curve[curve["method"] == "neft"]["mean"].tolist() == [7.0, 11.0]  # random/reversed left out
+
+
+def test_controls_put_strategies_side_by_side():
+    table = controls_table(experiment_rows(exp_show()), "bleu")
+    row = table[table["ratio"] == 0.06].iloc[0]
+    assert row["cosine"].startswith("11.00 +/- 1.41 (n=2)")
+    assert row["random"].startswith("5.00") and row["reversed"].startswith("4.00")
+
+
+def test_collect_script_writes_summary_and_plot(tmp_path):
+    (tmp_path / "exp.json").write_text(json.dumps(exp_show()))
+    subprocess.run([sys.executable, str(ROOT / "scripts/collect_experiments.py"), "--input", str(tmp_path / "exp.json"), "--out", str(tmp_path / "out")], check=True, capture_output=True)
+    assert "Budget curve" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "budget_curve_translation.png").stat().st_size > 1000
