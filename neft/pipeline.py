@@ -13,6 +13,15 @@ import pandas as pd
 import torch
 from dvclive import Live
 
+from neft.analysis import (
+    delta_rank_groups,
+    jaccard,
+    layer_mean_hidden_states,
+    neuron_utilisation,
+    plot_score_histogram,
+    plot_selection_heatmap,
+    trained_flags,
+)
 from neft.config import ConfigError, autocast_dtype, resolve_device, train_settings, validate_ratio
 from neft.data.records import read_jsonl, write_jsonl
 from neft.data.sources import SPLITS, build_splits, validate_task_config
@@ -247,3 +256,46 @@ def evaluate_stage(method: str, params: dict[str, Any]) -> dict[str, Any]:
         pd.DataFrame(rows).to_json(scratch / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
         write_json(scratch / "metrics.json", metrics)
     return metrics
+
+
+# --- neuron analysis -------------------------------------------------------------------------
+
+
+def analysis_stage(params: dict[str, Any], out_dir: Path = REPORTS_DIR / "analysis") -> dict[str, Any]:
+    """Score histogram, mask heatmap, mask overlaps across budgets/controls, utilisation ranks base vs NeFT."""
+    config = params["analysis"]
+    if not 0 < config["strongly_affected_fraction"] < 1:
+        raise ConfigError("analysis.strongly_affected_fraction must be in (0, 1)")
+    scores = pd.read_parquet(SCORES_DIR / "scores.parquet")
+    mask = load_mask(MASK_FILE)
+    shape = read_model_shape()
+    seed = params["seed"]
+    cosine_mask = build_mask(scores, shape, mask.ratio, "cosine")
+    overlaps = {f"cosine@{ratio}": jaccard(mask, build_mask(scores, shape, ratio, "cosine")) for ratio in config["compare_ratios"]}
+    overlaps.update({f"{strategy}@{mask.ratio}": jaccard(mask, build_mask(scores, shape, mask.ratio, strategy, seed)) for strategy in ("cosine", "reversed", "random")})
+
+    tokenizer = load_tokenizer(BASE_MODEL_DIR)
+    examples = read_jsonl(DATA_DIR / "test.jsonl")[: config["examples"]]
+    batches = evaluation_batches(encode_all(tokenizer, examples, params["task"]["max_length"]), params["evaluate"]["batch_size"], tokenizer.pad_token_id)
+    dtype = torch_dtype(params["model"]["dtype"])
+    device = resolve_device(params["runtime"])
+    utilisation = {}
+    for name, weights in (("base", None), ("neft", weights_dir("neft"))):
+        model = load_trained_model(name, BASE_MODEL_DIR, weights, dtype).to(device)
+        means = layer_mean_hidden_states(model, batches)
+        utilisation[name] = {kind: neuron_utilisation(model, means, kind).cpu().numpy() for kind in mask.indices}
+    groups = {
+        kind: delta_rank_groups(
+            utilisation["base"][kind], utilisation["neft"][kind], trained_flags(mask, kind),
+            threshold=round(config["strongly_affected_fraction"] * shape.num_layers * shape.d_ff),
+        )
+        for kind in sorted(mask.indices)
+    }
+    cutoff = float(scores["score"].nsmallest(cosine_mask.num_neurons).max())
+    result = {"mask_strategy": mask.strategy, "ratio": mask.ratio, "cosine_cutoff": cutoff, "jaccard": overlaps,
+              "utilisation_base_vs_neft": groups, "test_examples": len(examples)}
+    with atomic_directory(out_dir) as scratch:
+        plot_score_histogram(scores, cutoff, str(scratch / "score_histogram.png"))
+        plot_selection_heatmap(mask, str(scratch / "mask_heatmap.png"))
+        write_json(scratch / "analysis.json", result)
+    return result

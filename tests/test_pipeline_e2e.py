@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny-llama", "task=jsonl"]
 ALL_STAGES = {
     "prepare_data", "prepare_model", "probe", "score", "mask", "train_full", "train_neft", "train_lora",
-    "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "report",
+    "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "analyze", "report",
 }
-RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "report"}
+RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "analyze", "report"}
 
 
 def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -62,7 +62,8 @@ def test_repro_writes_every_artifact(repo):
                  "artifacts/scores/scores.parquet", "artifacts/mask/mask.json", "artifacts/train/neft/neft_delta.safetensors",
                  "artifacts/train/lora/adapter_model.safetensors", "artifacts/train/full/model.safetensors",
                  "reports/results.md", "reports/results.csv", "reports/plots/loss.png", "reports/plots/neurons_per_layer.png",
-                 "reports/eval/neft/predictions.jsonl", "reports/train/neft/plots/metrics/loss.tsv"]:
+                 "reports/eval/neft/predictions.jsonl", "reports/train/neft/plots/metrics/loss.tsv",
+                 "reports/analysis/analysis.json", "reports/analysis/score_histogram.png"]:
         assert (repo / path).is_file(), path
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert set(metrics) == {"base", "full", "neft", "lora", "mask"}
