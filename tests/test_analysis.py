@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_batch, random_mask
+from conftest import random_batch
 from neft.analysis import delta_rank_groups, descending_ranks, jaccard, layer_mean_hidden_states, neuron_utilisation, trained_flags
 from neft.masks import ModelShape, NeuronMask
 from neft.neurons import NEURON_KINDS, weight_name

@@ -42,7 +42,7 @@ def test_empty_file_is_rejected(tmp_path):
         build_splits(task, seed=0)
 
 
-@pytest.mark.parametrize("line, message", [("{oops", "not valid JSON"), (json.dumps({"source": "x"}), "needs non-empty string fields"), (json.dumps({"source": "x", "target": ""}), "needs non-empty")])
+@pytest.mark.parametrize("line, message", [("{oops", "not valid JSON"), (json.dumps({"source": "x"}), "needs non-empty string fields 'source', 'target'"), (json.dumps({"source": "x", "target": ""}), "needs non-empty"), ("[1, 2]", "expected a JSON object")])
 def test_malformed_lines_are_rejected_with_their_line_number(tmp_path, line, message):
     task = jsonl_task(tmp_path)
     write_lines(tmp_path / "train.jsonl", [{"source": "a", "target": "b"}, line])
@@ -62,7 +62,7 @@ def test_records_round_trip_and_malformed_records_fail(tmp_path):
     write_jsonl(tmp_path / "x.jsonl", examples)
     assert read_jsonl(tmp_path / "x.jsonl") == examples
     write_lines(tmp_path / "bad.jsonl", [{"id": "1", "prompt": "p"}])
-    with pytest.raises(DataError, match=r"bad.jsonl:1: missing field\(s\) \['target'\]"):
+    with pytest.raises(DataError, match=r"bad.jsonl:1: needs non-empty string fields 'prompt', 'target'"):
         read_jsonl(tmp_path / "bad.jsonl")
 
 

@@ -10,7 +10,7 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class DataError(ValueError):
@@ -24,12 +24,12 @@ class Example:
     target: str
 
 
-def read_jsonl(path: Path) -> list[Example]:
-    """Read records, failing with the file and line number on anything malformed."""
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; a clear error naming file and line otherwise."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    examples = []
+    found = False
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -37,14 +37,27 @@ def read_jsonl(path: Path) -> list[Example]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-        missing = {"id", "prompt", "target"} - set(row) if isinstance(row, dict) else {"id", "prompt", "target"}
-        if missing:
-            raise DataError(f"{path}:{line_number}: missing field(s) {sorted(missing)}")
-        if not all(isinstance(row[key], str) and row[key].strip() for key in ("prompt", "target")):
-            raise DataError(f"{path}:{line_number}: 'prompt' and 'target' must be non-empty strings")
-        examples.append(Example(id=str(row["id"]), prompt=row["prompt"], target=row["target"]))
-    if not examples:
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line_number}: expected a JSON object")
+        found = True
+        yield line_number, row
+    if not found:
         raise DataError(f"{path}: no records")
+
+
+def require_text_fields(path: Path, line_number: int, row: dict[str, Any], fields: Sequence[str]) -> None:
+    if not all(isinstance(row.get(field), str) and row[field].strip() for field in fields):
+        raise DataError(f"{path}:{line_number}: needs non-empty string fields {', '.join(map(repr, fields))}")
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """Read prepared records, failing with the file and line number on anything malformed."""
+    examples = []
+    for line_number, row in json_lines(path):
+        if "id" not in row:
+            raise DataError(f"{path}:{line_number}: missing field 'id'")
+        require_text_fields(path, line_number, row, ("prompt", "target"))
+        examples.append(Example(id=str(row["id"]), prompt=row["prompt"], target=row["target"]))
     return examples
 
 

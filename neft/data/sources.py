@@ -6,12 +6,11 @@ files), `hub_translation` (a hub parallel corpus for training and a hub test set
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from neft.data.records import DataError, Example, subsample
+from neft.data.records import DataError, Example, json_lines, require_text_fields, subsample
 
 SPLITS = ("train", "valid", "test")
 SOURCES = ("sword", "aclsum", "jsonl", "hub_translation")
@@ -23,23 +22,11 @@ def translation_example(example_id: str, instruction: str, source: str, target: 
 
 def _read_user_jsonl(path: Path, source_field: str, target_field: str, instruction: str) -> list[Example]:
     """Read a user's JSONL (one object per line with the configured source/target fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (task.files in the config names it)")
     examples = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(f), str) and row[f].strip() for f in (source_field, target_field)):
-            raise DataError(f"{path}:{line_number}: needs non-empty string fields {source_field!r} and {target_field!r}")
-        example_id = str(row.get("id", f"{path.stem}-{line_number}"))
+    for line_number, row in json_lines(path):
+        require_text_fields(path, line_number, row, (source_field, target_field))
+        example_id = str(row.get("id", f"{Path(path).stem}-{line_number}"))
         examples.append(translation_example(example_id, instruction, row[source_field], row[target_field]))
-    if not examples:
-        raise DataError(f"{path}: no records")
     return examples
 
 
