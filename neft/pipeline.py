@@ -41,7 +41,7 @@ from neft.methods import (
 )
 from neft.models import count_parameters, load_model, load_source_model, load_tokenizer, save_model, torch_dtype, validate_model_config
 from neft.neurons import resolve_kinds, score_neurons
-from neft.tokenization import encode_all, evaluation_batches, training_batches
+from neft.tokenization import encode_all, encode_prompts, evaluation_batches, training_batches
 from neft.training import train
 
 DATA_DIR = Path("data/prepared")
@@ -276,7 +276,8 @@ def analysis_stage(params: dict[str, Any], out_dir: Path = REPORTS_DIR / "analys
 
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
     examples = read_jsonl(DATA_DIR / "test.jsonl")[: config["examples"]]
-    batches = evaluation_batches(encode_all(tokenizer, examples, params["task"]["max_length"]), params["evaluate"]["batch_size"], tokenizer.pad_token_id)
+    inputs = encode_prompts(tokenizer, [example.prompt for example in examples], params["task"]["max_length"])
+    batches = evaluation_batches(inputs, params["evaluate"]["batch_size"], tokenizer.pad_token_id)
     dtype = torch_dtype(params["model"]["dtype"])
     device = resolve_device(params["runtime"])
     utilisation = {}

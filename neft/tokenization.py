@@ -56,6 +56,15 @@ def encode_all(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], 
     return kept
 
 
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int) -> list[EncodedExample]:
+    """Chat-formatted prompts alone, truncated to max_length (for analyses that only read activations)."""
+    encoded = []
+    for prompt in prompts:
+        ids = tokenizer(prompt_text(tokenizer, prompt), add_special_tokens=False)["input_ids"][:max_length]
+        encoded.append(EncodedExample(input_ids=ids, labels=ids))
+    return encoded
+
+
 def collate(items: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch for training; padding is masked out of attention and loss."""
     width = max(len(item.input_ids) for item in items)

