@@ -1,0 +1,118 @@
+"""benchmarks/: bench_training.py runs end to end on the tiny model and writes sane numbers; the NeFT
+forward variants it can time (neft/delta.py's own included) compute the same function."""
+
+import copy
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, random_batch, random_mask
+from torch import nn
+
+from neft.delta import NeuronDeltaLinear
+from neft.methods import neft_finetuning
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_training
+import delta_variants
+
+METHODS = ("full", "dense_masked", "neft", "lora")
+
+
+def _delta_gradients(model, mask, batch, variant):
+    original = NeuronDeltaLinear.forward
+    try:
+        delta_variants.use_variant(variant)
+        trainable = neft_finetuning(copy.deepcopy(model), mask, {})
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for parameter in trainable.parameters:
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+        loss = trainable.model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad for p in trainable.parameters]
+    finally:
+        NeuronDeltaLinear.forward = original
+
+
+@pytest.mark.parametrize("variant", sorted(delta_variants.VARIANTS))
+def test_every_forward_variant_gives_the_additive_reference_gradients(tiny_model, variant):
+    """The variants the benchmark times (the library's forward included) are the same function."""
+    mask = random_mask(tiny_model, per_matrix=6)
+    batch = random_batch(tiny_model.config.vocab_size, seed=3)
+    reference_loss, reference = _delta_gradients(tiny_model, mask, batch, "index_add")
+    loss, gradients = _delta_gradients(tiny_model, mask, batch, variant)
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-6, atol=1e-6)
+    for gradient, expected in zip(gradients, reference, strict=True):
+        torch.testing.assert_close(gradient, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_library_forward_with_bias_and_both_axes_matches_the_merged_weight():
+    torch.manual_seed(0)
+    base = nn.Linear(8, 6, bias=True)
+    wrapper = NeuronDeltaLinear(base, rows=[1, 4], columns=[0, 4, 7])
+    with torch.no_grad():
+        wrapper.row_delta.normal_()
+        wrapper.column_delta.normal_()
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(wrapper(x), nn.functional.linear(x, wrapper.merged_weight(), base.bias))
+
+
+def test_flop_floors_follow_the_issue():
+    info = {"linear_parameters": 1000, "up_down_parameters": 400}
+    floors = bench_training.flop_floors(info, {"full": 1000, "dense_masked": 400, "neft": 50, "lora": 50})
+    assert floors["full"]["flops_per_token"] == 6000
+    assert floors["lora"]["flops_per_token"] == 4000
+    assert floors["neft"]["flops_per_token"] == (4 + 2 * 0.05) * 1000
+    assert floors["dense_masked"]["flops_per_token"] == 4000 + 800
+
+
+def test_tiny_benchmark_writes_all_methods(tmp_path):
+    out = tmp_path / "bench.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--model", "tiny", "--device", "cpu",
+               "--steps", "2", "--warmup", "1", "--batch-size", "4", "--seq-len", "32", "--out", str(out)]
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| method |" in completed.stdout
+    summary = json.loads(out.read_text())
+
+    assert set(summary["methods"]) == set(METHODS)
+    total = summary["model"]["total_parameters"]
+    assert summary["torch"] and summary["threads"] >= 1 and summary["device"]["type"] == "cpu"
+    assert summary["mask"]["source"].startswith("random")
+    for name, result in summary["methods"].items():
+        assert "error" not in result, (name, result)
+        assert len(result["step_seconds"]) == 2 and len(result["losses"]) == 3
+        assert result["step_seconds_median"] > 0 and result["tokens_per_second"] > 0
+        assert all(math.isfinite(loss) for loss in result["losses"])
+        assert result["peak_memory_bytes"] > 0 and result["train_peak_memory_bytes"] > 0
+        assert 0 < result["trainable_parameters"] <= total
+        # AdamW keeps two fp32 moments per trained number (plus a step counter per tensor).
+        assert result["optimizer_state_bytes"] >= 8 * result["trainable_parameters"]
+        assert result["checkpoint_bytes"] > 0 and result["achieved_gflops"] > 0
+
+    methods = summary["methods"]
+    assert methods["full"]["trainable_parameters"] == total
+    assert methods["neft"]["trainable_parameters"] == summary["mask"]["trainable_parameters"]
+    assert methods["dense_masked"]["trainable_parameters"] == summary["model"]["up_down_parameters"]
+    assert abs(methods["lora"]["trainable_parameters"] - methods["neft"]["trainable_parameters"]) < 0.5 * methods["neft"]["trainable_parameters"]
+    assert methods["neft"]["optimizer_state_bytes"] < methods["dense_masked"]["optimizer_state_bytes"] < methods["full"]["optimizer_state_bytes"]
+    assert "model.safetensors" in methods["full"]["checkpoint_files"]
+    assert "model.safetensors" in methods["dense_masked"]["checkpoint_files"]
+    assert "neft_delta.safetensors" in methods["neft"]["checkpoint_files"]
+    assert "adapter_model.safetensors" in methods["lora"]["checkpoint_files"]
+    assert methods["neft"]["checkpoint_bytes"] < methods["full"]["checkpoint_bytes"]
+
+    for key in ("neft_over_lora", "neft_over_full"):
+        for field in ("step_time", "peak_memory", "optimizer_state", "checkpoint"):
+            assert summary["ratios"][key][field] > 0
+    delta = summary["delta_size_check"]
+    assert delta["expected_bytes"] == delta["trainable_parameters"] * 4 + delta["indices"] * 8
+    assert 1.0 <= delta["ratio"] < 1.2  # the safetensors header is all the tiny model adds
+    assert summary["scoring"]["in_memory_seconds_median"] > 0 and summary["scoring"]["neurons"] > 0
+    assert set(summary["flop_floor"]) == set(METHODS)
+    assert set(summary["targets"]) >= {"neft_step_le_1.05x_lora", "neft_step_le_0.8x_full", "delta_file_le_1.05x_expected"}
