@@ -39,7 +39,10 @@ parameters, bf16 weights; meant for a GPU).
 
 Options: --device {auto,cpu,cuda} --batch-size 8 --seq-len 128 --steps 10 (measured) --warmup 3
 --ratio 0.06 --autocast {none,bfloat16} --methods full,dense_masked,neft,lora --threads N
---seed 0 --no-scoring --out PATH.json
+--seed 0 --no-scoring --out PATH.json; for implementation studies --neft-forward NAME (a forward from
+benchmarks/delta_variants.py: library, index_add, inplace, merged, merged_saved) and --compile
+(torch.compile every method's model; the first warm-up step compiles). Results and their reading:
+benchmarks/results/README.md.
 """
 
 from __future__ import annotations

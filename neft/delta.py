@@ -1,10 +1,15 @@
 """Sparse neuron deltas: train only the selected rows/columns, at an adapter's cost.
 
 A `NeuronDeltaLinear` wraps a frozen `nn.Linear` and adds small trainable tensors for the selected
-output units (rows of the weight) and input units (columns). The forward pass adds their
-contribution with a gather and a small matmul, so backward never forms the full weight gradient and
-the optimizer only ever sees k * d_model numbers. At the end, `merge_deltas` writes them into the
-base weights with one indexed add per matrix; everything unselected keeps its exact base value.
+output units (rows of the weight) and input units (columns). The forward pass multiplies by a
+transient copy of the weight with the deltas written in (one matmul, as the plain layer does), and
+backward computes the input gradient with that copy (rebuilt, not kept) and the delta gradients
+from the selected rows/columns only: grad_rows = grad_y[:, rows]^T x, grad_columns = grad_y^T x[:, columns].
+The full weight gradient never exists, the optimizer only ever sees k * d_model numbers, and a step
+costs ~(4 + 2r) N FLOPs, the floor (an additive gather + small-matmul form costs ~(4 + 6r) N; see
+benchmarks/results/README.md for the measured difference). At the end, `merge_deltas` writes the
+deltas into the base weights with one indexed add per matrix; everything unselected keeps its exact
+base value.
 
 On disk a delta is like a PEFT adapter: `neft_delta.safetensors` (indices + values) and
 `neft_config.json`.
@@ -29,6 +34,59 @@ DELTA_CONFIG = "neft_config.json"
 DELTA_FORMAT = "neft-delta/v1"
 
 
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the matmul runs in: autocast's where it is on (as nn.Linear would), else the weight's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight.dtype
+
+
+def _weight_with_deltas(weight, rows, row_delta, columns, column_delta, dtype: torch.dtype) -> torch.Tensor:
+    """A copy of `weight` in `dtype` with the deltas added: selected units summed in fp32, rounded once."""
+    merged = weight.to(dtype, copy=True)
+    if rows.numel():
+        merged.index_copy_(0, rows, (weight.index_select(0, rows).float() + row_delta.float()).to(dtype))
+    if columns.numel():
+        # Reads `merged`, so an element in both a selected row and a selected column keeps both deltas.
+        merged.index_copy_(1, columns, (merged.index_select(1, columns).float() + column_delta.float()).to(dtype))
+    return merged
+
+
+class _NeuronDeltaMatmul(torch.autograd.Function):
+    """y = x @ (W + deltas)^T; gradients for x and the two deltas only (W is frozen)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, rows, row_delta, columns, column_delta, dtype):
+        with torch.autocast(x.device.type, enabled=False):
+            x_c = x.to(dtype)
+            y = F.linear(x_c, _weight_with_deltas(weight, rows, row_delta, columns, column_delta, dtype))
+        ctx.dtype, ctx.x_dtype = dtype, x.dtype
+        # Keep only the input the delta gradients need: all of x for rows, the selected columns of x
+        # otherwise (a matrix with only column neurons, like down_proj, keeps k of its d_ff inputs).
+        ctx.full_x = bool(rows.numel())
+        kept_x = x_c if ctx.full_x else x_c.index_select(-1, columns)
+        ctx.save_for_backward(kept_x, weight, rows, row_delta, columns, column_delta)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        kept_x, weight, rows, row_delta, columns, column_delta = ctx.saved_tensors
+        grad_x = grad_rows = grad_columns = None
+        with torch.autocast(grad_y.device.type, enabled=False):
+            grad_y = grad_y.to(ctx.dtype)
+            if ctx.needs_input_grad[0]:
+                merged = _weight_with_deltas(weight, rows, row_delta, columns, column_delta, ctx.dtype)
+                grad_x = (grad_y @ merged).to(ctx.x_dtype)
+            grad_2d, x_2d = grad_y.reshape(-1, grad_y.shape[-1]), kept_x.reshape(-1, kept_x.shape[-1])
+            if ctx.needs_input_grad[3]:
+                grad_rows = (grad_2d.index_select(1, rows).t() @ x_2d).to(row_delta.dtype) if ctx.full_x \
+                    else torch.zeros_like(row_delta)  # no rows selected: an empty gradient
+            if ctx.needs_input_grad[5]:
+                x_columns = x_2d.index_select(1, columns) if ctx.full_x else x_2d
+                grad_columns = (grad_2d.t() @ x_columns).to(column_delta.dtype)
+        return grad_x, None, None, grad_rows, None, grad_columns, None
+
+
 class NeuronDeltaLinear(nn.Module):
     """y = base(x) + contributions of trainable deltas on selected rows and columns of base.weight."""
 
@@ -43,13 +101,11 @@ class NeuronDeltaLinear(nn.Module):
         self.column_delta = nn.Parameter(torch.zeros(base.out_features, len(columns), device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        if len(self.rows):
-            row_out = F.linear(x, self.row_delta.to(x.dtype))
-            y = y.index_add(-1, self.rows, row_out.to(y.dtype))
-        if len(self.columns):
-            column_out = F.linear(x.index_select(-1, self.columns), self.column_delta.to(x.dtype))
-            y = y + column_out.to(y.dtype)
+        weight = self.base.weight
+        y = _NeuronDeltaMatmul.apply(x, weight, self.rows, self.row_delta, self.columns, self.column_delta,
+                                     _compute_dtype(x, weight))
+        if self.base.bias is not None:
+            y = y + self.base.bias.to(y.dtype)
         return y
 
     @torch.no_grad()
