@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -100,3 +101,23 @@ def test_bad_ratio_fails_cleanly_and_keeps_the_old_mask(repo):
     assert "error: ratio 0.95 needs" in failed.stderr and "candidate pool has only" in failed.stderr
     assert (repo / "artifacts/mask/mask.json").read_bytes() == before
     assert not list((repo / "artifacts").glob(".mask.*")), "no half-written scratch directory may remain"
+
+
+def test_queued_ratio_sweep_reuses_the_probe_and_collects_into_a_budget_curve(repo, tmp_path):
+    overrides = sum((["-S", override] for override in TINY), [])
+    # Ratios no other test runs, so no stage of theirs is in the run cache yet.
+    run(["dvc", "exp", "run", "--queue", "-S", "ratio=0.03,0.09", *overrides], repo)
+    run(["dvc", "exp", "run", "--run-all", "-j", "1"], repo)  # runs the queue and waits for it
+    status = run(["dvc", "queue", "status"], repo).stdout
+    assert "Success" in status and not re.search(r"Failed|Queued|Running", status), status
+    names = re.findall(r"^\S+\s+(\S+)\s+.*Success", status, flags=re.MULTILINE)
+    assert len(names) == 2, status
+    for name in names:
+        log = run(["dvc", "queue", "logs", name], repo).stdout
+        assert stages_run(log) == RATIO_DOWNSTREAM, log  # probe, scores, full FT and base eval come from the cache
+    collected = tmp_path / "experiments"
+    run([sys.executable, "scripts/collect_experiments.py", "--out", str(collected)], repo)
+    curve = pd.read_csv(collected / "budget_curve_translation.csv")
+    # The baseline commit (0.06) and the two queued ratios, each with NeFT and matched LoRA.
+    for method in ("neft", "lora"):
+        assert {0.03, 0.06, 0.09} <= set(curve[curve["method"] == method]["ratio"]), curve
