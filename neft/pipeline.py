@@ -51,6 +51,9 @@ PROBE_DIR = Path("artifacts/probe")
 SCORES_DIR = Path("artifacts/scores")
 MASK_DIR = Path("artifacts/mask")
 MASK_FILE = MASK_DIR / "mask.json"
+# The budget alone (k and its parameter count), apart from which neurons: the matched LoRA depends on
+# this file only, so a control mask (`mask.strategy`) at the same ratio does not retrain LoRA.
+BUDGET_FILE = Path("artifacts/budget.json")
 REPORTS_DIR = Path("reports")
 TRAINING_RUNS = ("probe", *METHODS)
 
@@ -115,7 +118,7 @@ def score_stage(params: dict[str, Any], out_dir: Path = SCORES_DIR) -> dict[str,
     return summary
 
 
-def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR) -> dict[str, Any]:
+def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR, budget_file: Path = BUDGET_FILE) -> dict[str, Any]:
     ratio = validate_ratio(params["ratio"])
     scores = pd.read_parquet(SCORES_DIR / "scores.parquet")
     mask = build_mask(scores, read_model_shape(), ratio, params["mask"]["strategy"], params["seed"])
@@ -123,7 +126,18 @@ def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR) -> dict[str, An
     with atomic_directory(out_dir) as scratch:
         save_mask(mask, scratch / MASK_FILE.name)
         write_json(scratch / "summary.json", summary)
+    write_json(budget_file, {"ratio": ratio, "num_neurons": mask.num_neurons, "trainable_parameters": mask.trainable_parameters})
     return summary
+
+
+def read_budget(path: Path = BUDGET_FILE) -> int:
+    """NeFT's trainable-parameter count, which the matched LoRA must meet."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} is missing: run the mask stage first (dvc repro mask)")
+    budget = read_json(path).get("trainable_parameters")
+    if not isinstance(budget, int) or budget <= 0:
+        raise ValueError(f"{path}: trainable_parameters must be a positive integer, got {budget!r}")
+    return budget
 
 
 # --- training --------------------------------------------------------------------------------
@@ -138,7 +152,7 @@ def setup_method(run: str, model: torch.nn.Module, params: dict[str, Any]) -> Tr
         validate_mask(mask, ModelShape.of(model))
         return neft_finetuning(model, mask, {"base_model": params["model"]["name"], "kinds": params["mask"]["kinds"]})
     if run == "lora":
-        budget = load_mask(MASK_FILE).trainable_parameters
+        budget = read_budget()
         rank = lora_rank_for_budget(model, budget)
         per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
         lora = params["methods"]["lora"]
@@ -158,8 +172,11 @@ def train_stage(run: str, params: dict[str, Any]) -> dict[str, Any]:
     """Train one run (probe or a method), save its weights/delta/adapter, log steps with dvclive."""
     if run not in TRAINING_RUNS:
         raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
-    if run in ("neft", "lora"):
-        load_mask(MASK_FILE)  # fail on a bad mask before loading anything heavy
+    # Fail on a bad mask or budget before loading anything heavy.
+    if run == "neft":
+        load_mask(MASK_FILE)
+    if run == "lora":
+        read_budget()
     learning_rate, steps = learning_rate_and_steps(run, params)
     settings = train_settings(params, learning_rate, steps)
     device = resolve_device(params["runtime"])

@@ -1,6 +1,6 @@
 """Stage mask: the k lowest-scoring neurons over the global pool, k from `ratio`.
 
-Usage: python stages/mask.py              (writes artifacts/mask/mask.json and summary.json)
+Usage: python stages/mask.py              (writes artifacts/mask/{mask,summary}.json and artifacts/budget.json)
 """
 
 from _common import run_stage

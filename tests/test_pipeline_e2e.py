@@ -88,6 +88,15 @@ def test_ratio_change_reruns_only_mask_and_downstream(repo):
     assert "neft.trainable_percent" in diff and "12.0" in diff
 
 
+def test_control_mask_at_the_same_budget_retrains_neft_but_not_lora(repo):
+    overrides = sum((["-S", override] for override in TINY), [])
+    run(["dvc", "exp", "run", "-S", "ratio=0.06", *overrides], repo)  # the workspace at the cosine mask, whatever ran before
+    experiment = run(["dvc", "exp", "run", "-S", "ratio=0.06", "-S", "mask.strategy=random", *overrides], repo)
+    # The matched LoRA reads only artifacts/budget.json, which the strategy does not change.
+    assert stages_run(experiment.stdout) == {"mask", "train_neft", "evaluate@neft", "analyze", "report"}
+    assert json.loads((repo / "reports/analysis/analysis.json").read_text())["mask_strategy"] == "random"
+
+
 def test_bad_ratio_fails_cleanly_and_keeps_the_old_mask(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     before = (repo / "artifacts/mask/mask.json").read_bytes()
