@@ -21,12 +21,20 @@ METHODS = ("base", "full", "neft", "lora")
 GROUP_KEYS = ("task", "ratio", "strategy")
 
 
+def _finished(experiment: dict[str, Any]) -> bool:
+    """Queued, running and failed experiments show placeholder params/metrics: leave them out."""
+    executor = experiment.get("executor") or {}
+    return executor.get("state", "success") == "success"
+
+
 def _revisions(entries: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(name, data) of every baseline commit and every experiment under it."""
+    """(name, data) of every baseline commit and every finished experiment under it, newest commit first."""
     for entry in entries:
         if entry.get("data"):
             yield entry.get("name") or entry["rev"], entry["data"]
         for experiment in entry.get("experiments") or []:
+            if not _finished(experiment):
+                continue
             for revision in experiment.get("revs", []):
                 if revision.get("data"):
                     yield revision.get("name") or revision["rev"], revision["data"]
@@ -39,8 +47,15 @@ def _file_data(section: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
     return {}
 
 
+CONFIG_KEYS = ("task", "model", "ratio", "strategy", "seed", "method")
+
+
 def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
-    """One row per (experiment, method): its parameters that matter and its metrics."""
+    """One row per (experiment, method): its parameters that matter and its metrics.
+
+    A configuration run more than once (the same params in several commits, as `dvc exp show -A`
+    lists every commit) counts once, from the first listed: the newest commit's run.
+    """
     rows = []
     for name, data in _revisions(exp_show):
         if name == "workspace" and not include_workspace:
@@ -63,11 +78,8 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
                 "method": method,
                 **metrics[method],
             })
-    return pd.DataFrame(rows)
-
-
-def primary_metric(kind: str) -> str:
-    return METRICS_BY_KIND[kind][0]
+    frame = pd.DataFrame(rows)
+    return frame.drop_duplicates(list(CONFIG_KEYS), keep="first").reset_index(drop=True) if rows else frame
 
 
 def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:

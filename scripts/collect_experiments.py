@@ -1,12 +1,17 @@
 """Collect DVC experiments into the budget curve, the controls table and the seed spread.
 
 Usage:
-    dvc exp run --queue -S 'ratio=0.01,0.03,0.06,0.12' && dvc queue start   # the probe is reused
-    dvc exp run --queue -S mask.strategy=random -S mask.strategy=reversed ...  # controls
+    dvc exp run --queue -S 'ratio=0.01,0.03,0.06,0.12'     # the budget curve; the probe is reused
+    dvc exp run --queue -S 'mask.strategy=reversed,random' # controls at the default budget
+    dvc exp run --queue -S 'seed=1,2'                      # seeds (the whole pipeline per seed)
+    dvc queue start                                        # or: dvc exp run --run-all (waits)
     python scripts/collect_experiments.py [--input exp_show.json] [--out reports/experiments]
 
-Without --input it runs `dvc exp show --json` itself. Writes summary.md, budget_curve.csv/.png,
-controls.csv and seeds.csv under --out.
+Without --input it runs `dvc exp show --json --all-commits` itself: experiments queued from
+earlier commits count too, and a configuration run in several commits counts once (the newest).
+Writes summary.md and, per task kind and metric, budget_curve_<kind>_<metric>.csv/.png,
+controls_<kind>_<metric>.csv and seeds_<kind>_<metric>.csv under --out, plus exp_show.json (the
+input) when it ran dvc itself.
 """
 
 import argparse
@@ -17,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from neft.experiments import budget_curve, controls_table, experiment_rows, plot_budget_curve, primary_metric, seed_summary  # noqa: E402
+from neft.evaluation import METRICS_BY_KIND  # noqa: E402
+from neft.experiments import budget_curve, controls_table, experiment_rows, plot_budget_curve, seed_summary  # noqa: E402
 
 
 def main() -> None:
@@ -27,28 +33,32 @@ def main() -> None:
     parser.add_argument("--include-workspace", action="store_true")
     args = parser.parse_args()
     text = args.input.read_text() if args.input else subprocess.run(
-        ["dvc", "exp", "show", "--json"], check=True, capture_output=True, text=True).stdout
+        ["dvc", "exp", "show", "--json", "--all-commits"], check=True, capture_output=True, text=True).stdout
     rows = experiment_rows(json.loads(text), args.include_workspace)
     if rows.empty:
         sys.exit("no experiment with params and reports/metrics.json found: run some with `dvc exp run` first")
     args.out.mkdir(parents=True, exist_ok=True)
+    if not args.input:  # keep what the summary was made from, so it can be remade with --input
+        (args.out / "exp_show.json").write_text(text)
     sections = []
     for kind, part in rows.groupby("kind"):
-        metric = primary_metric(str(kind))
-        curve = budget_curve(part, metric)
-        controls = controls_table(part, metric)
-        seeds = seed_summary(part, metric)
-        curve.to_csv(args.out / f"budget_curve_{kind}.csv", index=False)
-        controls.to_csv(args.out / f"controls_{kind}.csv", index=False)
-        seeds.to_csv(args.out / f"seeds_{kind}.csv", index=False)
-        plot_budget_curve(curve, metric, str(args.out / f"budget_curve_{kind}.png"))
-        sections += [
-            f"## {kind}: {metric}, {part['experiment'].nunique()} experiments",
-            "", "### Budget curve (cosine masks; mean over seeds)", "", curve.to_markdown(index=False, floatfmt=".3g"),
-            "", "### Controls: NeFT under each mask strategy", "", controls.to_markdown(index=False),
-            "", "### Every method, mean +/- std over seeds", "", seeds.to_markdown(index=False, floatfmt=".3g"),
-            "", f"![budget curve](budget_curve_{kind}.png)", "",
-        ]
+        sections += [f"## {kind}: {part['experiment'].nunique()} experiments", ""]
+        for metric in (m for m in METRICS_BY_KIND[str(kind)] if m in part and part[m].notna().any()):
+            stem = f"{kind}_{metric}"
+            curve = budget_curve(part, metric)
+            controls = controls_table(part, metric)
+            seeds = seed_summary(part, metric)
+            curve.to_csv(args.out / f"budget_curve_{stem}.csv", index=False)
+            controls.to_csv(args.out / f"controls_{stem}.csv", index=False)
+            seeds.to_csv(args.out / f"seeds_{stem}.csv", index=False)
+            plot_budget_curve(curve, metric, str(args.out / f"budget_curve_{stem}.png"))
+            sections += [
+                f"### {metric}", "",
+                "Budget curve (cosine masks; mean over seeds):", "", curve.to_markdown(index=False, floatfmt=".3g"),
+                "", "Controls, NeFT under each mask strategy:", "", controls.to_markdown(index=False),
+                "", "Every method, mean +/- std over seeds:", "", seeds.to_markdown(index=False, floatfmt=".3g"),
+                "", f"![budget curve, {metric}](budget_curve_{stem}.png)", "",
+            ]
     (args.out / "summary.md").write_text("# Experiments\n\n" + "\n".join(sections))
     print((args.out / "summary.md").read_text())
 

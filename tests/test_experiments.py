@@ -31,15 +31,24 @@ def exp_show():
         {"revs": [revision("exp-c", 0.06, 0, "random", 5.0, 8.0)]},
         {"revs": [revision("exp-d", 0.06, 0, "reversed", 4.0, 8.0)]},
     ]
+    queued = revision("exp-queued", 0.12, 0, "cosine", 99.0, 99.0)  # placeholder metrics until it runs
+    baseline["experiments"].append({"executor": {"state": "queued"}, "revs": [queued]})
+    failed = revision("exp-failed", 0.01, 0, "cosine", 99.0, 99.0)
+    baseline["experiments"].append({"executor": {"state": "failed"}, "revs": [failed]})
+    baseline["experiments"][0]["executor"] = {"state": "success"}
+    older = revision("older-commit", 0.06, 0, "cosine", 3.0, 3.0)  # same config under older code
     workspace = revision("workspace", 0.06, 0, "cosine", 10.0, 8.0)
-    return [workspace, baseline]
+    return [workspace, baseline, older]
 
 
-def test_rows_cover_every_experiment_and_method_but_not_the_workspace():
+def test_rows_cover_every_finished_experiment_and_method_but_not_the_workspace():
     rows = experiment_rows(exp_show())
+    # Queued/failed experiments and the older commit's run of main's configuration are left out.
     assert set(rows["experiment"]) == {"main", "exp-a", "exp-b", "exp-c", "exp-d"}
     assert len(rows) == 5 * 3
-    assert len(experiment_rows(exp_show(), include_workspace=True)) == 6 * 3
+    assert rows[rows["experiment"] == "main"].set_index("method")["bleu"].to_dict() == {"base": 1.0, "neft": 10.0, "lora": 8.0}
+    with_workspace = experiment_rows(exp_show(), include_workspace=True)
+    assert set(with_workspace["experiment"]) == {"workspace", "exp-a", "exp-b", "exp-c", "exp-d"}  # it is listed first
 
 
 def test_seed_summary_gives_mean_and_sample_std():
@@ -70,4 +79,4 @@ def test_collect_script_writes_summary_and_plot(tmp_path):
     (tmp_path / "exp.json").write_text(json.dumps(exp_show()))
     subprocess.run([sys.executable, str(ROOT / "scripts/collect_experiments.py"), "--input", str(tmp_path / "exp.json"), "--out", str(tmp_path / "out")], check=True, capture_output=True)
     assert "Budget curve" in (tmp_path / "out" / "summary.md").read_text()
-    assert (tmp_path / "out" / "budget_curve_translation.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "budget_curve_translation_bleu.png").stat().st_size > 1000

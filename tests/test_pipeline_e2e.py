@@ -126,7 +126,7 @@ def test_queued_ratio_sweep_reuses_the_probe_and_collects_into_a_budget_curve(re
         assert stages_run(log) == RATIO_DOWNSTREAM, log  # probe, scores, full FT and base eval come from the cache
     collected = tmp_path / "experiments"
     run([sys.executable, "scripts/collect_experiments.py", "--out", str(collected)], repo)
-    curve = pd.read_csv(collected / "budget_curve_translation.csv")
+    curve = pd.read_csv(collected / "budget_curve_translation_bleu.csv")
     # The baseline commit (0.06) and the two queued ratios, each with NeFT and matched LoRA.
     for method in ("neft", "lora"):
         assert {0.03, 0.06, 0.09} <= set(curve[curve["method"] == method]["ratio"]), curve
