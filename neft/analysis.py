@@ -34,6 +34,12 @@ def jaccard(first: NeuronMask, second: NeuronMask) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
+def jaccard_matrix(masks: dict[str, NeuronMask]) -> pd.DataFrame:
+    """Pairwise Jaccard overlap of named masks (e.g. from different seeds' probes), as a square table."""
+    names = list(masks)
+    return pd.DataFrame([[jaccard(masks[row], masks[column]) for column in names] for row in names], index=names, columns=names)
+
+
 @torch.no_grad()
 def layer_mean_hidden_states(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
     """[num_layers, d_model]: each decoder layer's output, averaged over real tokens, then sentences."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import random_batch
-from neft.analysis import delta_rank_groups, descending_ranks, jaccard, layer_mean_hidden_states, neuron_utilisation, trained_flags
+from neft.analysis import delta_rank_groups, descending_ranks, jaccard, jaccard_matrix, layer_mean_hidden_states, neuron_utilisation, trained_flags
 from neft.masks import ModelShape, NeuronMask
 from neft.neurons import NEURON_KINDS, weight_name
 
@@ -17,6 +17,17 @@ def test_jaccard_of_known_masks():
     b = NeuronMask(SHAPE, 0.1, indices={"in": {0: [1]}, "out": {1: [2], 0: [0]}})
     assert jaccard(a, b) == pytest.approx(2 / 4)
     assert jaccard(a, a) == 1.0
+
+
+def test_jaccard_matrix_is_symmetric_with_ones_on_the_diagonal():
+    a = NeuronMask(SHAPE, 0.1, indices={"in": {0: [0, 1]}, "out": {1: [2]}})
+    b = NeuronMask(SHAPE, 0.1, indices={"in": {0: [1]}, "out": {1: [2], 0: [0]}})
+    c = NeuronMask(SHAPE, 0.1, indices={"in": {1: [0]}})
+    matrix = jaccard_matrix({"seed0": a, "seed1": b, "seed2": c})
+    assert list(matrix.index) == list(matrix.columns) == ["seed0", "seed1", "seed2"]
+    assert matrix.loc["seed0", "seed1"] == matrix.loc["seed1", "seed0"] == pytest.approx(2 / 4)
+    assert matrix.loc["seed0", "seed2"] == 0.0
+    assert np.diag(matrix.to_numpy()).tolist() == [1.0, 1.0, 1.0]
 
 
 def test_descending_ranks_are_a_permutation_with_stable_ties():

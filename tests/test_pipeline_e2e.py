@@ -130,3 +130,11 @@ def test_queued_ratio_sweep_reuses_the_probe_and_collects_into_a_budget_curve(re
     # The baseline commit (0.06) and the two queued ratios, each with NeFT and matched LoRA.
     for method in ("neft", "lora"):
         assert {0.03, 0.06, 0.09} <= set(curve[curve["method"] == method]["ratio"]), curve
+
+    # Masks read back from the two experiments: cosine masks of one probe at two budgets are nested,
+    # so their Jaccard overlap is the smaller k over the larger.
+    run([sys.executable, "scripts/mask_overlap.py", *names, "--out", str(collected)], repo)
+    overlap = json.loads((collected / "mask_overlap.json").read_text())
+    sizes = sorted(int(re.search(r"(\d+) neurons", text).group(1)) for text in overlap["masks"].values())
+    assert overlap["jaccard"][names[0]][names[1]] == pytest.approx(sizes[0] / sizes[1])
+    assert overlap["jaccard"][names[0]][names[0]] == 1.0
