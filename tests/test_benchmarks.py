@@ -116,3 +116,19 @@ def test_tiny_benchmark_writes_all_methods(tmp_path):
     assert summary["scoring"]["in_memory_seconds_median"] > 0 and summary["scoring"]["neurons"] > 0
     assert set(summary["flop_floor"]) == set(METHODS)
     assert set(summary["targets"]) >= {"neft_step_le_1.05x_lora", "neft_step_le_0.8x_full", "delta_file_le_1.05x_expected"}
+
+
+def test_scoring_benchmark_scores_every_neuron_of_a_sharded_pair_and_cleans_up(tmp_path):
+    out = tmp_path / "scoring.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_scoring.py"), "--shape", "tiny", "--device", "cpu",
+               "--repeats", "2", "--scratch", str(tmp_path), "--out", str(out)]
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| shape |" in completed.stdout
+    result = json.loads(out.read_text())
+    layers, d_model, d_ff = result["shape"]["layers"], result["shape"]["d_model"], result["shape"]["d_ff"]
+    assert result["neurons"] == layers * 2 * d_ff  # every up_proj row and down_proj column
+    assert result["checkpoint_bytes_each"] == layers * 2 * d_model * d_ff * 2  # bf16
+    assert len(result["pass_seconds"]) == 2 and result["median_seconds"] > 0
+    assert result["one_layer_pair_fp32_bytes"] == 2 * 2 * d_model * d_ff * 4
+    assert [path.name for path in tmp_path.iterdir()] == ["scoring.json"], "the temporary checkpoints must be deleted"
