@@ -105,7 +105,8 @@ def controls_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """NeFT under each mask strategy at each budget: rows (task, ratio), columns strategy."""
     neft = seed_summary(rows[rows["method"] == "neft"], metric)
     neft["value"] = neft.apply(lambda row: f"{row['mean']:.2f} +/- {row['std']:.2f} (n={row['seeds']})", axis=1)
-    return neft.pivot_table(index=["task", "ratio"], columns="strategy", values="value", aggfunc="first").reset_index()
+    table = neft.pivot_table(index=["task", "ratio"], columns="strategy", values="value", aggfunc="first")
+    return table.fillna("-").reset_index()  # "-": that strategy was not run at that budget
 
 
 def plot_budget_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None:
