@@ -1,6 +1,7 @@
 """Turning many DVC experiments into answers: the budget curve (quality vs trainable % for NeFT and
 matched LoRA, the paper's Table 7), the controls at one budget (cosine vs reversed vs random), and
-the spread over seeds (mean +/- standard deviation per method).
+the spread over seeds (mean +/- standard deviation per method, and of the paired differences NeFT -
+LoRA and NeFT - full FT within each run).
 
 Input is `dvc exp show --json`; every function below works on plain data and is tested on it.
 """
@@ -92,6 +93,31 @@ def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
         seeds=("seed", "nunique"),
     ).reset_index()
     summary["std"] = summary["std"].fillna(0.0)  # one seed: no spread measured
+    return summary
+
+
+def paired_differences(rows: pd.DataFrame, metric: str, method: str = "neft", references: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:
+    """`method` minus each reference within the same run, then mean +/- std over seeds.
+
+    A seed also redraws the data sample (test set included), so per-method spreads mix data and
+    training noise; the difference within a run cancels what the methods share.
+    """
+    keys = [*GROUP_KEYS, "seed"]
+    wide = rows.pivot_table(index=keys, columns="method", values=metric, aggfunc="first")
+    frames = []
+    for reference in references:
+        if method not in wide or reference not in wide:
+            continue
+        difference = (wide[method] - wide[reference]).dropna().rename("difference").reset_index()
+        difference["comparison"] = f"{method} - {reference}"
+        frames.append(difference)
+    if not frames:
+        return pd.DataFrame(columns=[*GROUP_KEYS, "comparison", "mean", "std", "seeds", "wins"])
+    summary = pd.concat(frames).groupby([*GROUP_KEYS, "comparison"], sort=True).agg(
+        mean=("difference", "mean"), std=("difference", "std"), seeds=("seed", "nunique"),
+        wins=("difference", lambda values: int((values > 0).sum())),
+    ).reset_index()
+    summary["std"] = summary["std"].fillna(0.0)
     return summary
 
 

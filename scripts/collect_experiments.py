@@ -10,7 +10,7 @@ Usage:
 Without --input it runs `dvc exp show --json --all-commits` itself: experiments queued from
 earlier commits count too, and a configuration run in several commits counts once (the newest).
 Writes summary.md and, per task kind and metric, budget_curve_<kind>_<metric>.csv/.png,
-controls_<kind>_<metric>.csv and seeds_<kind>_<metric>.csv under --out, plus exp_show.json (the
+controls_<kind>_<metric>.csv, seeds_<kind>_<metric>.csv and differences_<kind>_<metric>.csv under --out, plus exp_show.json (the
 input) when it ran dvc itself.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from neft.evaluation import METRICS_BY_KIND  # noqa: E402
-from neft.experiments import budget_curve, controls_table, experiment_rows, plot_budget_curve, seed_summary  # noqa: E402
+from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, plot_budget_curve, seed_summary  # noqa: E402
 
 
 def main() -> None:
@@ -48,15 +48,19 @@ def main() -> None:
             curve = budget_curve(part, metric)
             controls = controls_table(part, metric)
             seeds = seed_summary(part, metric)
+            differences = paired_differences(part, metric)
             curve.to_csv(args.out / f"budget_curve_{stem}.csv", index=False)
             controls.to_csv(args.out / f"controls_{stem}.csv", index=False)
             seeds.to_csv(args.out / f"seeds_{stem}.csv", index=False)
+            differences.to_csv(args.out / f"differences_{stem}.csv", index=False)
             plot_budget_curve(curve, metric, str(args.out / f"budget_curve_{stem}.png"))
             sections += [
                 f"### {metric}", "",
                 "Budget curve (cosine masks; mean over seeds):", "", curve.to_markdown(index=False, floatfmt=".3g"),
                 "", "Controls, NeFT under each mask strategy:", "", controls.to_markdown(index=False),
                 "", "Every method, mean +/- std over seeds:", "", seeds.to_markdown(index=False, floatfmt=".3g"),
+                "", "Paired differences within each run, mean +/- std over seeds (wins: runs where NeFT is higher):", "",
+                differences.to_markdown(index=False, floatfmt=".3g"),
                 "", f"![budget curve, {metric}](budget_curve_{stem}.png)", "",
             ]
     (args.out / "summary.md").write_text("# Experiments\n\n" + "\n".join(sections))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neft.experiments import budget_curve, controls_table, experiment_rows, seed_summary
+from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, seed_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +59,18 @@ def test_seed_summary_gives_mean_and_sample_std():
     assert neft["seeds"] == 2
     single = summary[(summary["method"] == "neft") & (summary["ratio"] == 0.03)].iloc[0]
     assert single["std"] == 0.0 and single["seeds"] == 1
+
+
+def test_paired_differences_subtract_within_each_run_then_average_over_seeds():
+    differences = paired_differences(experiment_rows(exp_show()), "bleu")
+    at_default = differences[(differences["ratio"] == 0.06) & (differences["strategy"] == "cosine")].set_index("comparison")
+    # main: neft 10 - lora 8 = 2; exp-a: 12 - 9 = 3. No full FT in these runs: no "neft - full" row.
+    assert list(at_default.index) == ["neft - lora"]
+    assert at_default.loc["neft - lora", "mean"] == pytest.approx(2.5)
+    assert at_default.loc["neft - lora", "std"] == pytest.approx(0.5 ** 0.5)
+    assert at_default.loc["neft - lora", "seeds"] == 2 and at_default.loc["neft - lora", "wins"] == 2
+    random_control = differences[differences["strategy"] == "random"].iloc[0]
+    assert random_control["mean"] == pytest.approx(-3.0) and random_control["wins"] == 0
 
 
 def test_budget_curve_has_neft_and_lora_per_ratio_from_cosine_masks_only():
