@@ -136,7 +136,7 @@ def run(shape_name: str, device: torch.device, dtype: torch.dtype, repeats: int,
 
 def print_table(result: dict[str, Any]) -> None:
     shape, target = result["shape"], result.get("target")
-    print(f"| shape | device | neurons | checkpoint MB (each) | first pass s | median s | peak extra MB | x one layer pair (fp32) | target |")
+    print("| shape | device | neurons | checkpoint MB (each) | first pass s | median s | peak extra MB | x one layer pair (fp32) | target |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     target_text = "-" if not target else (
         f"<= {target['seconds']} s on {target['device']}: {'holds' if target['holds'] else 'MISSED'}"

@@ -16,8 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from neft.evaluation import METRICS_BY_KIND  # noqa: E402
-
 METHODS = ("base", "full", "neft", "lora")
 GROUP_KEYS = ("task", "ratio", "strategy")
 

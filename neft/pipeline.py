@@ -27,7 +27,7 @@ from neft.data.records import read_jsonl, write_jsonl
 from neft.data.sources import SPLITS, build_splits, validate_task_config
 from neft.evaluation import generate_greedy, task_metrics
 from neft.io import atomic_directory, read_json, write_json
-from neft.masks import ModelShape, build_mask, load_mask, save_mask, summarize_mask, validate_mask
+from neft.masks import MaskError, ModelShape, build_mask, load_mask, save_mask, summarize_mask, validate_mask
 from neft.methods import (
     EVAL_METHODS,
     METHODS,
@@ -132,11 +132,11 @@ def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR, budget_file: Pa
 
 def read_budget(path: Path = BUDGET_FILE) -> int:
     """NeFT's trainable-parameter count, which the matched LoRA must meet."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing: run the mask stage first (dvc repro mask)")
+    if not path.is_file():
+        raise MaskError(f"{path} is missing: run the mask stage first (dvc repro mask)")
     budget = read_json(path).get("trainable_parameters")
     if not isinstance(budget, int) or budget <= 0:
-        raise ValueError(f"{path}: trainable_parameters must be a positive integer, got {budget!r}")
+        raise MaskError(f"{path}: trainable_parameters must be a positive integer, got {budget!r}")
     return budget
 
 

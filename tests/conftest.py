@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,3 +57,40 @@ def random_batch(vocab_size: int, batch: int = 4, length: int = 12, seed: int = 
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
     return {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
+
+
+# --- the project in a temporary git repository (end-to-end and CI tests) ------------------------
+
+
+def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run a command with this Python's tools first on PATH; raise with its output if it fails."""
+    inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
+    env = {**inherited, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+def copy_project_into_new_repo(repo: Path, skip_prefixes: tuple[str, ...]) -> Path:
+    """Copy the project's files (tracked and untracked, not ignored; not dvc.lock nor those under
+    `skip_prefixes`) into `repo` and make it a git repository with nothing committed yet."""
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
+    for name in files:
+        if name.startswith(skip_prefixes) or name == "dvc.lock" or not (ROOT / name).is_file():
+            continue
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, repo / name)
+    run(["git", "init", "-q"], repo)
+    run(["git", "config", "user.email", "test@neft.local"], repo)
+    run(["git", "config", "user.name", "neft test"], repo)
+    return repo

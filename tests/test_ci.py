@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import commit, copy_project_into_new_repo, run, stages_run
 from test_pipeline_e2e import (  # the stage sets, kept in one place
     ALL_STAGES,
     RATIO_DOWNSTREAM,
@@ -57,26 +58,8 @@ def test_lock_params_must_match_for_a_committed_run_to_count():
     assert not script.lock_matches_params(lock, {"ratio": 0.06})
 
 
-def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
-    env = {**inherited, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
 def ci_pipeline(repo: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     return run([sys.executable, "scripts/ci_pipeline.py", *args], repo, check=check, **env)
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def commit(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", message], repo)
 
 
 def set_ratio(repo: Path, ratio: float) -> None:
@@ -90,16 +73,7 @@ def set_ratio(repo: Path, ratio: float) -> None:
 def repo(tmp_path_factory) -> tuple[Path, str]:
     """A git+DVC copy of the project whose first commit has no pipeline run, and the output of the
     script's first run on it, `--base HEAD`, committed as the second commit."""
-    repo = tmp_path_factory.mktemp("neft-ci")
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
-    for name in files:
-        if name.startswith(("reports/", "artifacts/", "data/prepared")) or name == "dvc.lock" or not (ROOT / name).is_file():
-            continue
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
-    run(["git", "init", "-q"], repo)
-    run(["git", "config", "user.email", "test@neft.local"], repo)
-    run(["git", "config", "user.name", "neft test"], repo)
+    repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-ci"), ("reports/", "artifacts/", "data/prepared"))
     commit(repo, "project, params.yaml for the default config")
     first = ci_pipeline(repo, "--base", "HEAD").stdout
     commit(repo, "tiny run")

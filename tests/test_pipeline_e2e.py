@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import commit, copy_project_into_new_repo, run, stages_run
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=tiny-llama", "task=jsonl"]
 ALL_STAGES = {
     "prepare_data", "prepare_model", "probe", "score", "mask", "train_full", "train_neft", "train_lora",
@@ -23,38 +20,15 @@ ALL_STAGES = {
 RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "analyze", "report"}
 
 
-def run(command: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh git+DVC checkout of the project with params.yaml composed for the tiny model."""
-    repo = tmp_path_factory.mktemp("neft-e2e")
-    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.split()
-    for name in files:
-        if name.startswith(("reports/", "data/prepared")) or name == "dvc.lock" or not (ROOT / name).is_file():
-            continue
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, repo / name)
-    run(["git", "init", "-q"], repo)
-    run(["git", "config", "user.email", "test@neft.local"], repo)
-    run(["git", "config", "user.name", "neft test"], repo)
+    repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-e2e"), ("reports/", "data/prepared"))
     run([sys.executable, "scripts/compose_params.py", *TINY], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny"], repo)
+    commit(repo, "tiny")
     first = run(["dvc", "repro"], repo)
     assert stages_run(first.stdout) == ALL_STAGES
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny run"], repo)
+    commit(repo, "tiny run")
     return repo
 
 
