@@ -114,13 +114,13 @@ def trained_flags(mask: NeuronMask, kind: str) -> np.ndarray:
 
 
 def plot_score_histogram(scores: pd.DataFrame, cutoff: float, out_path: str) -> None:
-    """Distribution of 1 - cosine (log scale) per kind, with the mask's cutoff marked."""
+    """Distribution of the change 1 - cosine (log scale) per kind, with the mask's cutoff change marked."""
     figure, axis = plt.subplots(figsize=(7, 4))
-    change = (1.0 - scores["score"]).clip(lower=1e-12)
+    change = scores["change"].clip(lower=1e-18)
     bins = np.logspace(np.log10(change.min()), np.log10(change.max()), 60)
     for kind, part in scores.groupby("kind"):
         axis.hist(change[part.index], bins=bins, alpha=0.6, label=f"{kind} neurons")
-    axis.axvline(max(1.0 - cutoff, 1e-12), color="black", linestyle="--", label="mask cutoff (selected: right of it)")
+    axis.axvline(max(cutoff, 1e-18), color="black", linestyle="--", label="mask cutoff (selected: right of it)")
     axis.set_xscale("log")
     axis.set_xlabel("1 - cosine(base, probe)")
     axis.set_ylabel("neurons")

@@ -1,11 +1,13 @@
 """Selecting the k most-changed neurons over one global pool, and the mask file that records them.
 
 ratio = k * d_model / total_parameters (the paper's budget). The pool is every candidate neuron of
-every layer and kind together; we keep exactly the k lowest cosine scores, ties broken by
-(layer, kind, index) so the same scores always give the same mask.
+every layer and kind together; we keep exactly the k most changed neurons (largest `1 - cosine`,
+i.e. lowest cosine), ties broken by (layer, kind, index) so the same scores always give the same
+mask. How many neurons the tie-break decided is counted (`cutoff_ties`): with scores that resolve
+the probe's changes it should be none.
 
-Two controls use the same budget and the same pool: `reversed` keeps the k HIGHEST scores (least
-changed; the paper found it hurts) and `random` a seeded uniform sample (the paper never tried it).
+Two controls use the same budget and the same pool: `reversed` keeps the k LEAST changed neurons
+(the paper found it hurts) and `random` a seeded uniform sample (the paper never tried it).
 """
 
 from __future__ import annotations
@@ -86,24 +88,45 @@ def neurons_for_ratio(ratio: float, shape: ModelShape, pool_size: int) -> int:
     return k
 
 
-def select_lowest_neurons(scores: pd.DataFrame, k: int, key: np.ndarray | None = None) -> pd.DataFrame:
-    """Exactly the k rows with the lowest `key` (default: score); ties go to the earlier (layer, kind, index)."""
+def selection_order(scores: pd.DataFrame, key: np.ndarray) -> np.ndarray:
+    """Row positions by ascending `key`; ties go to the earlier (layer, kind, index)."""
     kind_order = scores["kind"].map({name: rank for rank, name in enumerate(NEURON_KINDS)})
-    key = scores["score"].to_numpy() if key is None else key
     # np.lexsort sorts by the last key first: key, then layer, kind, index.
-    order = np.lexsort((scores["index"].to_numpy(), kind_order.to_numpy(), scores["layer"].to_numpy(), key))
-    return scores.iloc[order[:k]]
+    return np.lexsort((scores["index"].to_numpy(), kind_order.to_numpy(), scores["layer"].to_numpy(), key))
+
+
+def select_lowest_neurons(scores: pd.DataFrame, k: int, key: np.ndarray) -> pd.DataFrame:
+    """Exactly the k rows with the lowest `key`; ties go to the earlier (layer, kind, index)."""
+    return scores.iloc[selection_order(scores, key)[:k]]
 
 
 def selection_key(scores: pd.DataFrame, strategy: str, seed: int) -> np.ndarray:
-    """What the k lowest values are taken of: the cosine itself, its negation, or seeded noise."""
+    """What the k lowest values are taken of: minus the change (NeFT), the change, or seeded noise."""
     if strategy == "cosine":
-        return scores["score"].to_numpy()
+        return -scores["change"].to_numpy()
     if strategy == "reversed":
-        return -scores["score"].to_numpy()
+        return scores["change"].to_numpy()
     if strategy == "random":
         return np.random.default_rng(seed).random(len(scores))
     raise MaskError(f"unknown mask strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+@dataclass(frozen=True)
+class CutoffTies:
+    """How well the scores resolve the k-th place: the neurons that share its key, and how many of the
+    selected ones position rather than score chose (nonzero only when the tied group straddles k)."""
+
+    cutoff_key: float
+    tied_at_cutoff: int
+    decided_by_tiebreak: int
+
+
+def cutoff_ties(key: np.ndarray, k: int) -> CutoffTies:
+    cutoff = np.partition(key, k - 1)[k - 1]
+    tied = int((key == cutoff).sum())
+    # Everything below the cutoff is selected; of the tied group, k - (#below) are.
+    selected_tied = k - int((key < cutoff).sum())
+    return CutoffTies(float(cutoff), tied, selected_tied if selected_tied < tied else 0)
 
 
 def mask_from_selection(selection: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str) -> NeuronMask:
@@ -115,9 +138,15 @@ def mask_from_selection(selection: pd.DataFrame, shape: ModelShape, ratio: float
 
 def build_mask(scores: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str = "cosine", seed: int = 0) -> NeuronMask:
     """The mask for `ratio` under `strategy` (cosine = NeFT; reversed and random are controls)."""
+    return build_mask_with_ties(scores, shape, ratio, strategy, seed)[0]
+
+
+def build_mask_with_ties(scores: pd.DataFrame, shape: ModelShape, ratio: float, strategy: str = "cosine",
+                         seed: int = 0) -> tuple[NeuronMask, CutoffTies]:
+    """`build_mask`, and how many of its neurons the tie-break at the cutoff decided."""
     key = selection_key(scores, strategy, seed)
     k = neurons_for_ratio(ratio, shape, pool_size=len(scores))
-    return mask_from_selection(select_lowest_neurons(scores, k, key), shape, ratio, strategy)
+    return mask_from_selection(select_lowest_neurons(scores, k, key), shape, ratio, strategy), cutoff_ties(key, k)
 
 
 def validate_mask(mask: NeuronMask, shape: ModelShape) -> None:

@@ -2,8 +2,15 @@
 
 For `down(act(gate(x)) * up(x))`, hidden unit j of layer i gives two selection units, each a
 vector of d_model weights: the "in" neuron (row j of up_proj) and the "out" neuron (column j of
-down_proj). Optionally "gate" (row j of gate_proj). Score = signed cosine similarity between the
-neuron in the base model and in the probe model, in fp32: lower means changed more.
+down_proj). Optionally "gate" (row j of gate_proj). A neuron's score is how far the probe turned
+it: the signed cosine between its base and probe weights, and its change `1 - cosine` (higher means
+changed more; the mask keeps the k largest changes).
+
+Why not the paper's fp32 cosine: a short probe turns a neuron by ~1e-6 in cosine, and fp32 spends its
+7 digits on the leading 0.99999, so on SmolLM2 the 92,160 fp32 cosines took 87 distinct values and
+a mask's cutoff was mostly decided by position. `neuron_change` computes `1 - cosine` from the
+difference Δ = probe - base in float64 without cancellation (see there); `fp32` keeps the paper's
+form for comparison.
 """
 
 from __future__ import annotations
@@ -51,16 +58,62 @@ def module_name(layer: int, kind: NeuronKind) -> str:
     return f"{LAYER_PREFIX}.{layer}.{kind.module}"
 
 
-def cosine_per_neuron(base: torch.Tensor, tuned: torch.Tensor, axis: int) -> torch.Tensor:
-    """Signed cosine similarity of every neuron (row if axis=0, column if axis=1), in fp32."""
+SCORE_FORMS = ("stable", "fp32")
+
+
+def _check_pair(base: torch.Tensor, tuned: torch.Tensor) -> None:
     if base.shape != tuned.shape:
         raise ValueError(f"shape mismatch: base {tuple(base.shape)} vs tuned {tuple(tuned.shape)}")
+
+
+def cosine_per_neuron(base: torch.Tensor, tuned: torch.Tensor, axis: int) -> torch.Tensor:
+    """The paper's score: signed cosine of every neuron (row if axis=0, column if axis=1), in fp32.
+
+    Kept as `score.form=fp32` to reproduce the paper and to measure what precision changes; it
+    cannot resolve probe-sized changes (module docstring)."""
+    _check_pair(base, tuned)
     base, tuned = base.float(), tuned.float()
     reduce_dim = 1 - axis
     dot = (base * tuned).sum(dim=reduce_dim)
     norms = torch.linalg.vector_norm(base, dim=reduce_dim) * torch.linalg.vector_norm(tuned, dim=reduce_dim)
     # A neuron that is all zeros in either model has no direction: call it unchanged.
     return torch.where(norms > 0, dot / norms.clamp_min(torch.finfo(torch.float32).tiny), torch.ones_like(dot))
+
+
+def neuron_change(base: torch.Tensor, tuned: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine, 1 - cosine) of every neuron in float64, the change accurate to ~1e-15 relative.
+
+    With w the base neuron and Δ = tuned - w (exact in float64 for fp32 or bf16 weights):
+    1 - cos = sin² / (1 + cos), and sin² = |Δ⊥|² / |w + Δ|² where Δ⊥ = Δ - (w·Δ / |w|²) w is the part
+    of Δ orthogonal to w. Δ⊥ is formed elementwise, so nothing cancels (|w|²|Δ|² - (w·Δ)² would, when
+    Δ is nearly parallel to w). For cos <= 0 the plain 1 - cos is already exact. Cost: about 10
+    float64 operations per weight, three float64 copies of the matrix.
+    """
+    _check_pair(base, tuned)
+    reduce_dim = 1 - axis
+    w = base.to(torch.float64)
+    delta = tuned.to(torch.float64) - w
+    w_sq = (w * w).sum(dim=reduce_dim)
+    w_dot_delta = (w * delta).sum(dim=reduce_dim)
+    tuned_sq = ((w + delta) ** 2).sum(dim=reduce_dim)
+    has_direction = (w_sq > 0) & (tuned_sq > 0)  # an all-zero neuron has none: call it unchanged
+    safe_w_sq = torch.where(has_direction, w_sq, torch.ones_like(w_sq))
+    safe_tuned_sq = torch.where(has_direction, tuned_sq, torch.ones_like(tuned_sq))
+    orthogonal = delta - (w_dot_delta / safe_w_sq).unsqueeze(reduce_dim) * w
+    sin_sq = (orthogonal * orthogonal).sum(dim=reduce_dim) / safe_tuned_sq
+    cosine = ((w_sq + w_dot_delta) / torch.sqrt(safe_w_sq * safe_tuned_sq)).clamp(-1.0, 1.0)
+    change = torch.where(cosine > 0, sin_sq / (1.0 + cosine), 1.0 - cosine)
+    return torch.where(has_direction, cosine, 1.0), torch.where(has_direction, change, 0.0)
+
+
+def score_pair(base: torch.Tensor, tuned: torch.Tensor, axis: int, form: str = "stable") -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine, change) per neuron as float64, by `form`: "stable" (default) or the paper's "fp32"."""
+    if form == "stable":
+        return neuron_change(base, tuned, axis)
+    if form == "fp32":
+        cosine = cosine_per_neuron(base, tuned, axis)
+        return cosine.double(), (1.0 - cosine).double()  # the change as fp32 resolves it
+    raise ValueError(f"unknown score form {form!r}; choose one of {SCORE_FORMS}")
 
 
 class CheckpointReader:
@@ -102,31 +155,44 @@ def iter_neuron_scores(
     num_layers: int,
     kinds: list[NeuronKind],
     device: torch.device | str = "cpu",
-) -> Iterator[tuple[int, NeuronKind, torch.Tensor]]:
-    """Yield (layer, kind, scores) one weight matrix at a time, so at most one pair is in memory."""
+    form: str = "stable",
+) -> Iterator[tuple[int, NeuronKind, torch.Tensor, torch.Tensor]]:
+    """Yield (layer, kind, cosine, change) one weight matrix at a time, so at most one pair is in memory."""
     for layer in range(num_layers):
         for kind in kinds:
             name = weight_name(layer, kind)
-            scores = cosine_per_neuron(load_base(name).to(device), load_tuned(name).to(device), kind.axis)
-            yield layer, kind, scores.cpu()
+            cosine, change = score_pair(load_base(name).to(device), load_tuned(name).to(device), kind.axis, form)
+            yield layer, kind, cosine.cpu(), change.cpu()
 
 
-def score_neurons(base_dir: Path, tuned_dir: Path, kinds: list[str], device: str = "cpu") -> pd.DataFrame:
-    """Score every candidate neuron of base vs tuned: one row per neuron (layer, kind, index, score)."""
+def score_neurons(base_dir: Path, tuned_dir: Path, kinds: list[str], device: str = "cpu", form: str = "stable") -> pd.DataFrame:
+    """Score every candidate neuron of base vs tuned: one row per neuron (layer, kind, index, cosine, change)."""
+    if form not in SCORE_FORMS:
+        raise ValueError(f"unknown score form {form!r}; choose one of {SCORE_FORMS}")
     base, tuned = CheckpointReader(base_dir), CheckpointReader(tuned_dir)
     num_layers = count_layers(base)
     if count_layers(tuned) != num_layers:
         raise ValueError(f"{base_dir} and {tuned_dir} have different numbers of layers")
     frames = []
-    for layer, kind, scores in iter_neuron_scores(base.get, tuned.get, num_layers, resolve_kinds(kinds), device):
+    for layer, kind, cosine, change in iter_neuron_scores(base.get, tuned.get, num_layers, resolve_kinds(kinds), device, form):
         frames.append(
             pd.DataFrame(
                 {
                     "layer": layer,
                     "kind": kind.name,
-                    "index": torch.arange(len(scores)).numpy(),
-                    "score": scores.numpy(),
+                    "index": torch.arange(len(cosine)).numpy(),
+                    "cosine": cosine.numpy(),
+                    "change": change.numpy(),
                 }
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+def score_resolution(scores: pd.DataFrame) -> dict[str, float | int]:
+    """How finely the scores resolve the ranking: distinct changes and quantiles of 1 - cosine."""
+    change = scores["change"]
+    return {
+        "distinct_changes": int(change.nunique()),
+        **{f"change_q{q:g}": float(change.quantile(q / 100)) for q in (0, 1, 50, 99, 100)},
+    }

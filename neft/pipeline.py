@@ -5,6 +5,7 @@ every stage there).
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,16 @@ from neft.data.records import read_jsonl, write_jsonl
 from neft.data.sources import SPLITS, build_splits, validate_task_config
 from neft.evaluation import generate_greedy, task_metrics
 from neft.io import atomic_directory, read_json, write_json
-from neft.masks import MaskError, ModelShape, build_mask, load_mask, save_mask, summarize_mask, validate_mask
+from neft.masks import (
+    MaskError,
+    ModelShape,
+    build_mask,
+    build_mask_with_ties,
+    load_mask,
+    save_mask,
+    summarize_mask,
+    validate_mask,
+)
 from neft.methods import (
     EVAL_METHODS,
     METHODS,
@@ -40,7 +50,7 @@ from neft.methods import (
     neft_finetuning,
 )
 from neft.models import count_parameters, load_model, load_source_model, load_tokenizer, save_model, torch_dtype, validate_model_config
-from neft.neurons import resolve_kinds, score_neurons
+from neft.neurons import SCORE_FORMS, resolve_kinds, score_neurons, score_resolution
 from neft.tokenization import encode_all, encode_prompts, evaluation_batches, training_batches
 from neft.training import train
 
@@ -55,6 +65,9 @@ MASK_FILE = MASK_DIR / "mask.json"
 # this file only, so a control mask (`mask.strategy`) at the same ratio does not retrain LoRA.
 BUDGET_FILE = Path("artifacts/budget.json")
 REPORTS_DIR = Path("reports")
+# The mask stage warns when the tie-break at the cutoff chose more than this share of k.
+TIEBREAK_WARNING_SHARE = 0.001
+logger = logging.getLogger(__name__)
 TRAINING_RUNS = ("probe", *METHODS)
 
 
@@ -104,14 +117,13 @@ def read_model_shape(model_dir: Path = BASE_MODEL_DIR) -> ModelShape:
 def score_stage(params: dict[str, Any], out_dir: Path = SCORES_DIR) -> dict[str, Any]:
     kinds = params["mask"]["kinds"]
     resolve_kinds(kinds)
+    form = params["score"]["form"]
+    if form not in SCORE_FORMS:
+        raise ConfigError(f"score.form={form!r} is unknown; choose one of {SCORE_FORMS}")
     start = time.perf_counter()
-    scores = score_neurons(BASE_MODEL_DIR, PROBE_DIR, kinds)
+    scores = score_neurons(BASE_MODEL_DIR, PROBE_DIR, kinds, form=form)
     seconds = time.perf_counter() - start
-    summary = {
-        "neurons": len(scores),
-        "seconds": round(seconds, 3),
-        **{f"score_{q}": float(scores["score"].quantile(q / 100)) for q in (0, 1, 50, 100)},
-    }
+    summary = {"neurons": len(scores), "form": form, "seconds": round(seconds, 3), **score_resolution(scores)}
     with atomic_directory(out_dir) as scratch:
         scores.to_parquet(scratch / "scores.parquet", index=False)
         write_json(scratch / "summary.json", summary)
@@ -121,8 +133,13 @@ def score_stage(params: dict[str, Any], out_dir: Path = SCORES_DIR) -> dict[str,
 def mask_stage(params: dict[str, Any], out_dir: Path = MASK_DIR, budget_file: Path = BUDGET_FILE) -> dict[str, Any]:
     ratio = validate_ratio(params["ratio"])
     scores = pd.read_parquet(SCORES_DIR / "scores.parquet")
-    mask = build_mask(scores, read_model_shape(), ratio, params["mask"]["strategy"], params["seed"])
-    summary = summarize_mask(mask)
+    mask, ties = build_mask_with_ties(scores, read_model_shape(), ratio, params["mask"]["strategy"], params["seed"])
+    summary = {**summarize_mask(mask), "tied_at_cutoff": ties.tied_at_cutoff, "decided_by_tiebreak": ties.decided_by_tiebreak}
+    if ties.decided_by_tiebreak > TIEBREAK_WARNING_SHARE * mask.num_neurons:
+        logger.warning(
+            "warning: %d of the mask's %d neurons were chosen by position, not score (%d neurons tie at the cutoff); "
+            "the scores do not resolve the ranking: use score.form=stable or a probe that changes the weights more",
+            ties.decided_by_tiebreak, mask.num_neurons, ties.tied_at_cutoff)
     with atomic_directory(out_dir) as scratch:
         save_mask(mask, scratch / MASK_FILE.name)
         write_json(scratch / "summary.json", summary)
@@ -309,8 +326,8 @@ def analysis_stage(params: dict[str, Any], out_dir: Path = REPORTS_DIR / "analys
         )
         for kind in sorted(mask.indices)
     }
-    cutoff = float(scores["score"].nsmallest(cosine_mask.num_neurons).max())
-    result = {"mask_strategy": mask.strategy, "ratio": mask.ratio, "cosine_cutoff": cutoff, "jaccard": overlaps,
+    cutoff = float(scores["change"].nlargest(cosine_mask.num_neurons).min())
+    result = {"mask_strategy": mask.strategy, "ratio": mask.ratio, "change_cutoff": cutoff, "jaccard": overlaps,
               "utilisation_base_vs_neft": groups, "test_examples": len(examples)}
     with atomic_directory(out_dir) as scratch:
         plot_score_histogram(scores, cutoff, str(scratch / "score_histogram.png"))

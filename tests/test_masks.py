@@ -6,6 +6,8 @@ from neft.masks import (
     MaskError,
     ModelShape,
     build_mask,
+    build_mask_with_ties,
+    cutoff_ties,
     load_mask,
     mask_from_json,
     mask_to_json,
@@ -20,38 +22,67 @@ SHAPE = ModelShape(num_layers=3, d_model=16, d_ff=10, total_parameters=16_000)
 
 
 def fake_scores(seed: int = 0, ties: bool = False) -> pd.DataFrame:
+    """60 neurons (3 layers x in/out x 10); with `ties`, the change takes only 11 values."""
     rng = np.random.default_rng(seed)
     rows = [(layer, kind, index) for layer in range(3) for kind in ("in", "out") for index in range(10)]
     frame = pd.DataFrame(rows, columns=["layer", "kind", "index"])
-    frame["score"] = np.round(rng.uniform(0.99, 1.0, len(frame)), 2 if ties else 8)
+    frame["change"] = np.round(rng.uniform(0.0, 0.01, len(frame)), 3 if ties else 10)
+    frame["cosine"] = 1.0 - frame["change"]
     return frame
 
 
-@pytest.mark.parametrize("ratio", [0.001, 0.03, 0.05, 0.06])
-def test_mask_has_exactly_k_neurons_with_the_lowest_scores(ratio):
+def selected_set(mask) -> set[tuple[str, int, int]]:
+    return {(kind, layer, i) for kind, per_layer in mask.indices.items() for layer, ids in per_layer.items() for i in ids}
+
+
+# k = ratio x 16,000 parameters / 16 per neuron, written out: none of these takes the whole pool of 60.
+@pytest.mark.parametrize(("ratio", "k"), [(0.001, 1), (0.013, 13), (0.03, 30), (0.059, 59)])
+def test_mask_has_exactly_k_neurons_with_the_largest_changes(ratio, k):
     scores = fake_scores()
     mask = build_mask(scores, SHAPE, ratio)
-    k = round(ratio * SHAPE.total_parameters / SHAPE.d_model)
     assert mask.num_neurons == k
-    selected = {(kind, layer, i) for kind, per_layer in mask.indices.items() for layer, ids in per_layer.items() for i in ids}
-    chosen_scores = [s for l, kd, i, s in scores.itertuples(index=False) if (kd, l, i) in selected]
-    rest = [s for l, kd, i, s in scores.itertuples(index=False) if (kd, l, i) not in selected]
-    assert max(chosen_scores) <= min(rest, default=1.0)
+    selected = selected_set(mask)
+    chosen = [c for l, kd, i, c in scores[["layer", "kind", "index", "change"]].itertuples(index=False) if (kd, l, i) in selected]
+    rest = [c for l, kd, i, c in scores[["layer", "kind", "index", "change"]].itertuples(index=False) if (kd, l, i) not in selected]
+    assert len(rest) == 60 - k > 0
+    assert min(chosen) > max(rest)
+    expected = scores.nlargest(k, "change")
+    assert selected == {(kd, l, i) for l, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
 
 
 def test_ties_are_broken_deterministically_by_position():
     scores = fake_scores(ties=True)
     k = 7
-    first = select_lowest_neurons(scores, k)
-    shuffled = select_lowest_neurons(scores.sample(frac=1.0, random_state=3).reset_index(drop=True), k)
+    key = -scores["change"].to_numpy()
+    first = select_lowest_neurons(scores, k, key)
+    shuffled_scores = scores.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    shuffled = select_lowest_neurons(shuffled_scores, k, -shuffled_scores["change"].to_numpy())
     assert len(first) == k
-    key = ["layer", "kind", "index"]
-    pd.testing.assert_frame_equal(first[key].reset_index(drop=True), shuffled[key].reset_index(drop=True))
-    boundary = first["score"].max()
-    tied_left_out = scores[(scores["score"] == boundary)].merge(first[key], how="left", indicator=True)
+    position = ["layer", "kind", "index"]
+    pd.testing.assert_frame_equal(first[position].reset_index(drop=True), shuffled[position].reset_index(drop=True))
+    boundary = first["change"].min()
+    tied_left_out = scores[(scores["change"] == boundary)].merge(first[position], how="left", indicator=True)
     tied_left_out = tied_left_out[tied_left_out["_merge"] == "left_only"]
-    last_kept = first[first["score"] == boundary][key].values.tolist()[-1]
-    assert all(tuple(row) > tuple(last_kept) for row in tied_left_out[key].values.tolist()), "ties must go to the earlier neuron"
+    assert len(tied_left_out) > 0, "the fixture must tie across the cutoff"
+    last_kept = first[first["change"] == boundary][position].values.tolist()[-1]
+    assert all(tuple(row) > tuple(last_kept) for row in tied_left_out[position].values.tolist()), "ties must go to the earlier neuron"
+
+
+def test_cutoff_ties_count_what_position_decided():
+    # keys 0 1 2 2 2 3: k=3 takes 0, 1 and one of three 2s: the tie-break chose 1 neuron of 3 tied.
+    key = np.array([2.0, 0.0, 2.0, 3.0, 1.0, 2.0])
+    assert cutoff_ties(key, 3) == cutoff_ties(key[::-1].copy(), 3)
+    ties = cutoff_ties(key, 3)
+    assert (ties.cutoff_key, ties.tied_at_cutoff, ties.decided_by_tiebreak) == (2.0, 3, 1)
+    assert cutoff_ties(key, 5).decided_by_tiebreak == 0  # the whole tied group fits: no choice made
+    assert cutoff_ties(key, 2) == type(ties)(1.0, 1, 0)
+
+
+def test_mask_with_ties_reports_them():
+    _, tied = build_mask_with_ties(fake_scores(ties=True), SHAPE, 0.007)
+    _, resolved = build_mask_with_ties(fake_scores(), SHAPE, 0.007)
+    assert tied.decided_by_tiebreak > 0 and tied.tied_at_cutoff > tied.decided_by_tiebreak
+    assert (resolved.tied_at_cutoff, resolved.decided_by_tiebreak) == (1, 0)
 
 
 @pytest.mark.parametrize("ratio", [0, -0.1, 1.0, 1.5])
@@ -107,13 +138,12 @@ def test_summary_counts_per_layer_and_kind_add_up():
     assert summary["trainable_percent"] == pytest.approx(6.0)
 
 
-def test_reversed_control_keeps_the_highest_scores():
+def test_reversed_control_keeps_the_smallest_changes():
     scores = fake_scores()
     mask = build_mask(scores, SHAPE, 0.03, strategy="reversed")
-    k = mask.num_neurons
-    chosen = {(kind, layer, i) for kind, per_layer in mask.indices.items() for layer, ids in per_layer.items() for i in ids}
-    expected = scores.sort_values("score", ascending=False).head(k)
-    assert chosen == {(kd, l, i) for l, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
+    assert mask.num_neurons == 30
+    expected = scores.nsmallest(30, "change")
+    assert selected_set(mask) == {(kd, l, i) for l, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
     assert mask.strategy == "reversed"
 
 

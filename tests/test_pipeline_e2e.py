@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import commit, copy_project_into_new_repo, run, stages_run
+from safetensors.torch import load_file
 
 TINY = ["model=tiny-llama", "task=jsonl"]
 ALL_STAGES = {
@@ -46,6 +48,35 @@ def test_repro_writes_every_artifact(repo):
     assert metrics["neft"]["trainable_percent"] == pytest.approx(6.0, abs=0.1)
     lora = json.loads((repo / "reports/train/lora/summary.json").read_text())
     assert abs(lora["trainable_parameters"] - lora["neft_budget"]) <= lora["parameters_per_rank"] / 2
+
+
+def committed_run(repo: Path) -> Path:
+    """The workspace as the fixture's commit left it (other tests run experiments in it)."""
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout", "--force"], repo)
+    return repo
+
+
+def test_mask_is_the_k_most_changed_of_an_independent_float64_recomputation(repo):
+    repo = committed_run(repo)
+    base = load_file(repo / "artifacts/model/model.safetensors")
+    probe = load_file(repo / "artifacts/probe/model.safetensors")
+    rows = []
+    for name, kind, dim in (("mlp.up_proj", "in", 1), ("mlp.down_proj", "out", 0)):
+        for layer in range(2):
+            key = f"model.layers.{layer}.{name}.weight"
+            cosine = torch.nn.functional.cosine_similarity(base[key].double(), probe[key].double(), dim=dim, eps=0)
+            rows += [(1 - float(c), layer, kind, index) for index, c in enumerate(cosine)]
+    # tiny-llama: 90,624 parameters, d_model 64, so ratio 0.06 is k = round(84.96) = 85 of a pool of 512.
+    assert len(rows) == 512
+    expected = {(kind, layer, index) for _, layer, kind, index in sorted(rows, reverse=True)[:85]}
+    mask = json.loads((repo / "artifacts/mask/mask.json").read_text())
+    selected = {(kind, int(layer), index) for kind, per_layer in mask["indices"].items() for layer, ids in per_layer.items() for index in ids}
+    assert mask["num_neurons"] == 85 and selected == expected
+    summary = json.loads((repo / "artifacts/mask/summary.json").read_text())
+    assert (summary["tied_at_cutoff"], summary["decided_by_tiebreak"]) == (1, 0)
+    scores = pd.read_parquet(repo / "artifacts/scores/scores.parquet")
+    assert scores["change"].nunique() == 512
 
 
 def test_second_repro_does_nothing(repo):
