@@ -56,8 +56,19 @@ def resolve_device(runtime: dict[str, Any]) -> torch.device:
     return torch.device(requested)
 
 
+def fast_bfloat16(device: torch.device) -> bool:
+    """Whether `device` has native bf16 matmuls. A CPU without them (AVX2 only, no AVX512-BF16/AMX)
+    runs bf16 autocast about 30x slower than fp32 (measured: 1.49 s vs 0.046 s for 1024x576x1536)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def autocast_dtype(runtime: dict[str, Any]) -> torch.dtype | None:
+    """runtime.autocast: a dtype name, null (the model's own dtype), or auto: bf16 where it is fast."""
     name = runtime.get("autocast")
+    if name == "auto":
+        return torch.bfloat16 if fast_bfloat16(resolve_device(runtime)) else None
     return None if name is None else torch_dtype(name)
 
 

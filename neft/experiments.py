@@ -17,7 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 METHODS = ("base", "full", "neft", "lora")
-GROUP_KEYS = ("task", "ratio", "strategy")
+GROUP_KEYS = ("task", "score_form", "ratio", "strategy")
+# Runs from before `score.form` existed scored with the paper's fp32 cosine.
+SCORE_FORM_BEFORE_THE_OPTION = "fp32"
 
 
 def _finished(experiment: dict[str, Any]) -> bool:
@@ -46,7 +48,7 @@ def _file_data(section: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
     return {}
 
 
-CONFIG_KEYS = ("task", "model", "ratio", "strategy", "seed", "method")
+CONFIG_KEYS = ("task", "model", "score_form", "ratio", "strategy", "seed", "method")
 
 
 def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
@@ -71,6 +73,7 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
                 "task": params["task"]["name"],
                 "kind": params["task"]["kind"],
                 "model": params["model"]["name"],
+                "score_form": (params.get("score") or {}).get("form", SCORE_FORM_BEFORE_THE_OPTION),
                 "ratio": params["ratio"],
                 "strategy": params["mask"]["strategy"],
                 "seed": params["seed"],
@@ -122,21 +125,22 @@ def paired_differences(rows: pd.DataFrame, metric: str, method: str = "neft", re
 def budget_curve(rows: pd.DataFrame, metric: str, strategy: str = "cosine") -> pd.DataFrame:
     """NeFT and matched LoRA quality per budget (cosine masks only), averaged over seeds."""
     summary = seed_summary(rows[rows["strategy"] == strategy], metric)
-    return summary[summary["method"].isin(["neft", "lora"])].sort_values(["task", "method", "ratio"]).reset_index(drop=True)
+    return summary[summary["method"].isin(["neft", "lora"])].sort_values(["task", "score_form", "method", "ratio"]).reset_index(drop=True)
 
 
 def controls_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """NeFT under each mask strategy at each budget: rows (task, ratio), columns strategy."""
     neft = seed_summary(rows[rows["method"] == "neft"], metric)
     neft["value"] = neft.apply(lambda row: f"{row['mean']:.2f} +/- {row['std']:.2f} (n={row['seeds']})", axis=1)
-    table = neft.pivot_table(index=["task", "ratio"], columns="strategy", values="value", aggfunc="first")
+    table = neft.pivot_table(index=["task", "score_form", "ratio"], columns="strategy", values="value", aggfunc="first")
     return table.fillna("-").reset_index()  # "-": that strategy was not run at that budget
 
 
 def plot_budget_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
-    for (task, method), part in curve.groupby(["task", "method"]):
-        axis.errorbar(part["trainable_percent"], part["mean"], yerr=part["std"], marker="o", capsize=3, label=f"{method} ({task})")
+    for (task, score_form, method), part in curve.groupby(["task", "score_form", "method"]):
+        label = f"{method} ({task})" if method == "lora" else f"{method} ({task}, {score_form} scores)"
+        axis.errorbar(part["trainable_percent"], part["mean"], yerr=part["std"], marker="o", capsize=3, label=label)
     axis.set_xlabel("trainable parameters (% of model)")
     axis.set_ylabel(metric)
     axis.set_title("Quality vs budget: NeFT and LoRA at matched parameter counts")

@@ -240,6 +240,7 @@ def train_stage(run: str, params: dict[str, Any]) -> dict[str, Any]:
         "best_step": result.best_step,
         "best_valid_loss": result.best_valid_loss,
         "device": str(device),
+        "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
         **trainable.details,
     }
     with atomic_directory(weights_dir(run)) as scratch:

@@ -15,8 +15,11 @@ from neft.evaluation import METRICS_BY_KIND  # noqa: E402
 from neft.io import read_json, write_json  # noqa: E402
 from neft.methods import EVAL_METHODS  # noqa: E402
 from neft.pipeline import MASK_DIR, REPORTS_DIR, eval_dir, train_log_dir  # noqa: E402
+from neft.significance import paired_bootstrap  # noqa: E402
 
 COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "peak_memory_mb", "lora_rank")
+# (system, baseline): NeFT against each baseline on the same test segments.
+COMPARISONS = (("neft", "lora"), ("neft", "full"), ("neft", "base"))
 
 
 def method_rows(kind: str, evals: dict[str, dict[str, Any]], trains: dict[str, dict[str, Any]], total_parameters: int) -> pd.DataFrame:
@@ -32,13 +35,30 @@ def method_rows(kind: str, evals: dict[str, dict[str, Any]], trains: dict[str, d
     return pd.DataFrame(rows)
 
 
-def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], kind: str) -> dict[str, Any]:
-    """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu."""
+def significance_table(kind: str, predictions: dict[str, pd.DataFrame], bleu_tokenize: str = "13a") -> pd.DataFrame:
+    """Paired bootstrap of NeFT against each baseline: one row per (comparison, metric)."""
+    rows = []
+    for system, baseline in COMPARISONS:
+        ours, theirs = predictions[system], predictions[baseline]
+        if list(ours["id"]) != list(theirs["id"]):
+            raise ValueError(f"{system} and {baseline} predictions are not of the same test segments in the same order")
+        for comparison in paired_bootstrap(kind, list(ours["reference"]), list(theirs["prediction"]), list(ours["prediction"]), bleu_tokenize):
+            rows.append({"comparison": f"{system} - {baseline}", **comparison.as_dict()})
+    return pd.DataFrame(rows)
+
+
+def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], kind: str, significance: pd.DataFrame) -> dict[str, Any]:
+    """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu and
+    significance.neft_vs_lora.bleu_p."""
     keep = ("trainable_percent", *METRICS_BY_KIND[kind], "train_seconds", "peak_memory_mb")
     document: dict[str, Any] = {
         row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
     }
     document["mask"] = {name: mask_summary[name] for name in ("ratio", "num_neurons", "trainable_percent")}
+    document["significance"] = {}
+    for row in significance.to_dict("records"):
+        entry = document["significance"].setdefault(row["comparison"].replace(" - ", "_vs_"), {})
+        entry.update({f"{row['metric']}_difference": _plain(row["difference"]), f"{row['metric']}_p": _plain(row["p_value"])})
     return document
 
 
@@ -46,7 +66,8 @@ def _plain(value: Any) -> Any:
     return round(float(value), 4) if isinstance(value, float) else value
 
 
-def markdown_report(table: pd.DataFrame, params: dict[str, Any], signatures: dict[str, str], mask_summary: dict[str, Any]) -> str:
+def markdown_report(table: pd.DataFrame, params: dict[str, Any], signatures: dict[str, str], mask_summary: dict[str, Any],
+                    significance: pd.DataFrame) -> str:
     lines = [
         f"# NeFT vs full fine-tuning vs LoRA: {params['model']['name']} on {params['task']['name']}",
         "",
@@ -62,6 +83,13 @@ def markdown_report(table: pd.DataFrame, params: dict[str, Any], signatures: dic
         "count matches NeFT's. Peak memory is the process's peak RSS on CPU (max allocated on GPU).",
         "",
         *[f"- {name}: `{signature}`" for name, signature in signatures.items()],
+        "",
+        f"Paired bootstrap, NeFT against each baseline on the same {int(significance['segments'].iloc[0])} test segments "
+        f"({int(significance['samples'].iloc[0])} resamples; two-sided p; ci95: half-width of each system's 95 % interval). "
+        "A p-value above 0.05 means the difference is within noise:",
+        "",
+        significance[["comparison", "metric", "baseline", "system", "difference", "p_value", "baseline_ci95", "system_ci95"]]
+        .to_markdown(index=False, floatfmt=".4g"),
         "",
         "![loss](plots/loss.png)",
         "![neurons per layer](plots/neurons_per_layer.png)",
@@ -110,12 +138,15 @@ def write_report(params: dict[str, Any], reports_dir: Path = REPORTS_DIR) -> dic
     mask_summary = read_json(MASK_DIR / "summary.json")
     table = method_rows(kind, evals, trains, mask_summary["total_parameters"])
     signatures = {key: value for key, value in evals["base"].items() if key.endswith(("_signature", "_tokenizer"))}
-    document = metrics_document(table, mask_summary, kind)
+    predictions = {method: pd.read_json(eval_dir(method) / "predictions.jsonl", lines=True, dtype=False) for method in EVAL_METHODS}
+    significance = significance_table(kind, predictions, params["task"]["metric_options"].get("bleu_tokenize", "13a"))
+    document = metrics_document(table, mask_summary, kind, significance)
     plots = reports_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     plot_losses({run: train_log_dir(run) for run in ("probe", "full", "neft", "lora")}, plots / "loss.png")
     plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
     table.to_csv(reports_dir / "results.csv", index=False)
-    (reports_dir / "results.md").write_text(markdown_report(table, params, signatures, mask_summary))
+    significance.to_csv(reports_dir / "significance.csv", index=False)
+    (reports_dir / "results.md").write_text(markdown_report(table, params, signatures, mask_summary, significance))
     write_json(reports_dir / "metrics.json", document)
     return document

@@ -3,9 +3,10 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from neft.config import ConfigError, compose_params, resolve_device, validate_ratio
+from neft.config import ConfigError, autocast_dtype, compose_params, resolve_device, validate_ratio
 from neft.data.sources import validate_task_config
 from neft.models import ModelConfigError, validate_model_config
 
@@ -60,3 +61,11 @@ def test_bad_model_source_and_missing_wheel_are_rejected():
 def test_unknown_device_is_rejected():
     with pytest.raises(ConfigError, match="unknown runtime.device"):
         resolve_device({"device": "tpu"})
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_auto_autocast_is_bfloat16_only_where_the_cpu_has_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    assert autocast_dtype({"device": "cpu", "autocast": "auto"}) == expected
+    assert autocast_dtype({"device": "cpu", "autocast": "bfloat16"}) == torch.bfloat16
+    assert autocast_dtype({"device": "cpu", "autocast": None}) is None

@@ -1,0 +1,101 @@
+"""Two runs that differ in one choice (score precision, probe, mask strategy), compared pairwise:
+how far their masks overlap, how well their scores resolve the cutoff, where in the model their
+neurons sit, and whether NeFT's quality differs beyond noise (paired bootstrap per pair and on the
+pooled segments of all pairs).
+
+A pair shares its seed, so its two NeFT runs see the same training and test data; only the
+compared choice differs. `scripts/compare_runs.py` loads the runs from DVC experiments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from neft.analysis import jaccard  # noqa: E402
+from neft.masks import NeuronMask  # noqa: E402
+from neft.significance import paired_bootstrap  # noqa: E402
+
+
+@dataclass
+class RunOutputs:
+    """What one run left that a comparison reads."""
+
+    name: str
+    mask: NeuronMask
+    mask_summary: dict[str, Any]
+    score_summary: dict[str, Any]
+    predictions: pd.DataFrame | None = None  # NeFT's test predictions: id, reference, prediction
+
+
+def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
+    """Per pair: mask overlap, and for each side its resolution (distinct changes, ties at the cutoff)."""
+    rows = []
+    for baseline, system in pairs:
+        row: dict[str, Any] = {"baseline": baseline.name, "system": system.name, "jaccard": jaccard(baseline.mask, system.mask)}
+        for side, run in (("baseline", baseline), ("system", system)):
+            row[f"{side}_distinct_changes"] = run.score_summary.get("distinct_changes")
+            row[f"{side}_tied_at_cutoff"] = run.mask_summary.get("tied_at_cutoff")
+            row[f"{side}_decided_by_tiebreak"] = run.mask_summary.get("decided_by_tiebreak")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def quality_table(kind: str, pairs: Sequence[tuple[RunOutputs, RunOutputs]], bleu_tokenize: str = "13a") -> pd.DataFrame:
+    """Paired bootstrap of each pair's NeFT predictions, then of all pairs' segments pooled."""
+    rows, pooled = [], {"reference": [], "baseline": [], "system": []}
+    for baseline, system in pairs:
+        ours, theirs = system.predictions, baseline.predictions
+        if ours is None or theirs is None:
+            raise ValueError(f"{baseline.name} or {system.name} has no NeFT predictions")
+        if list(ours["id"]) != list(theirs["id"]):
+            raise ValueError(f"{baseline.name} and {system.name} were evaluated on different test segments: not a pair")
+        references, base_text, system_text = list(ours["reference"]), list(theirs["prediction"]), list(ours["prediction"])
+        pooled["reference"] += references
+        pooled["baseline"] += base_text
+        pooled["system"] += system_text
+        for comparison in paired_bootstrap(kind, references, base_text, system_text, bleu_tokenize):
+            rows.append({"pair": f"{system.name} - {baseline.name}", **comparison.as_dict()})
+    if len(pairs) > 1:
+        for comparison in paired_bootstrap(kind, pooled["reference"], pooled["baseline"], pooled["system"], bleu_tokenize):
+            rows.append({"pair": f"pooled ({len(pairs)} pairs)", **comparison.as_dict()})
+    return pd.DataFrame(rows)
+
+
+def difference_summary(quality: pd.DataFrame) -> pd.DataFrame:
+    """Mean +/- std over pairs of each metric's difference, and in how many pairs the system is higher."""
+    per_pair = quality[~quality["pair"].str.startswith("pooled")]
+    return per_pair.groupby("metric", sort=False).agg(
+        mean_difference=("difference", "mean"), std_difference=("difference", "std"), pairs=("difference", "size"),
+        system_higher=("difference", lambda values: int((values > 0).sum())),
+        significant_at_005=("p_value", lambda values: int((values < 0.05).sum())),
+    ).reset_index()
+
+
+def layer_distribution(masks: dict[str, NeuronMask]) -> pd.DataFrame:
+    """Selected neurons per layer (all kinds together) for each named mask; one column per mask."""
+    return pd.DataFrame({
+        name: [sum(len(mask.layer_indices(kind, layer)) for kind in mask.indices) for layer in range(mask.shape.num_layers)]
+        for name, mask in masks.items()
+    }).rename_axis("layer")
+
+
+def plot_layer_distribution(distribution: pd.DataFrame, out_path: str) -> None:
+    figure, axis = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(distribution.columns), 1)
+    for position, name in enumerate(distribution.columns):
+        axis.bar(np.arange(len(distribution)) + position * width, distribution[name], width=width, label=name)
+    axis.set_xlabel("layer")
+    axis.set_ylabel("selected neurons")
+    axis.set_title("Where the mask's neurons sit")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=120)
+    plt.close(figure)

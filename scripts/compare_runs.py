@@ -1,0 +1,103 @@
+"""Compare runs pairwise: mask overlap, score resolution, layer distribution and NeFT quality with a
+paired bootstrap per pair and pooled (neft/comparison.py).
+
+Usage:
+    python scripts/compare_runs.py BASELINE:SYSTEM [BASELINE:SYSTEM ...] [--out DIR] [--masks-only]
+
+Each side is a git revision or a DVC experiment name, read through the DVC cache at that revision.
+Pairs should share a seed and differ in one choice, e.g. the score precision (issue 9):
+
+    dvc exp run -n s1-fp32 -S seed=1 -S score.form=fp32 evaluate@neft
+    dvc exp run -n s1-stable -S seed=1 -S score.form=stable evaluate@neft
+    python scripts/compare_runs.py s0-fp32:s0-stable s1-fp32:s1-stable s2-fp32:s2-stable --out reports/experiments/score_precision
+
+--masks-only skips predictions (runs that stopped at the mask stage, e.g. `dvc exp run ... mask`).
+Writes masks.csv, resolution.csv, layers.csv/.png and, with predictions, quality.csv and
+differences.csv, and summary.md with all of them.
+"""
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import dvc.api
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mask_overlap import experiment_commits  # noqa: E402
+
+from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, plot_layer_distribution, quality_table  # noqa: E402
+from neft.masks import mask_from_json  # noqa: E402
+
+
+def read_text(path: str, revision: str) -> str:
+    with dvc.api.open(path, repo=".", rev=revision) as handle:
+        return handle.read()
+
+
+def load_run(name: str, commits: dict[str, str], with_predictions: bool) -> RunOutputs:
+    revision = commits.get(name, name)
+    predictions = None
+    if with_predictions:
+        predictions = pd.read_json(io.StringIO(read_text("reports/eval/neft/predictions.jsonl", revision)), lines=True, dtype=False)
+    return RunOutputs(
+        name=name,
+        mask=mask_from_json(json.loads(read_text("artifacts/mask/mask.json", revision))),
+        mask_summary=json.loads(read_text("artifacts/mask/summary.json", revision)),
+        score_summary=json.loads(read_text("artifacts/scores/summary.json", revision)),
+        predictions=predictions,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pairs", nargs="+", help="BASELINE:SYSTEM, each a git revision or DVC experiment name")
+    parser.add_argument("--out", type=Path, default=Path("reports/experiments/comparison"))
+    parser.add_argument("--masks-only", action="store_true", help="compare masks and scores only (no NeFT predictions)")
+    parser.add_argument("--kind", default="translation", choices=["translation", "summarization"])
+    parser.add_argument("--bleu-tokenize", default="13a")
+    args = parser.parse_args()
+    if any(pair.count(":") != 1 for pair in args.pairs):
+        sys.exit("error: each pair is BASELINE:SYSTEM")
+    commits = experiment_commits()
+    runs: dict[str, RunOutputs] = {}
+    pairs = []
+    for pair in args.pairs:
+        names = pair.split(":")
+        for name in names:
+            if name not in runs:
+                runs[name] = load_run(name, commits, not args.masks_only)
+        pairs.append((runs[names[0]], runs[names[1]]))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    masks = mask_table(pairs)
+    resolution = pd.DataFrame([{"run": run.name, **run.score_summary, "tied_at_cutoff": run.mask_summary.get("tied_at_cutoff"),
+                                "decided_by_tiebreak": run.mask_summary.get("decided_by_tiebreak"), "k": run.mask.num_neurons}
+                               for run in runs.values()])
+    layers = layer_distribution({name: run.mask for name, run in runs.items()})
+    masks.to_csv(args.out / "masks.csv", index=False)
+    resolution.to_csv(args.out / "resolution.csv", index=False)
+    layers.to_csv(args.out / "layers.csv")
+    plot_layer_distribution(layers, str(args.out / "layers.png"))
+    sections = ["# Run comparison", "", "Pairs: " + ", ".join(f"{b.name} -> {s.name}" for b, s in pairs), "",
+                "## Masks", "", masks.to_markdown(index=False, floatfmt=".3f"), "",
+                "## Score resolution", "", resolution.to_markdown(index=False, floatfmt=".3g"), "",
+                "## Selected neurons per layer", "", layers.to_markdown(), "", "![layers](layers.png)", ""]
+    if not args.masks_only:
+        quality = quality_table(args.kind, pairs, args.bleu_tokenize)
+        differences = difference_summary(quality)
+        quality.to_csv(args.out / "quality.csv", index=False)
+        differences.to_csv(args.out / "differences.csv", index=False)
+        sections += ["## NeFT quality, paired bootstrap (system - baseline; two-sided p)", "",
+                     quality.to_markdown(index=False, floatfmt=".4g"), "",
+                     "Over pairs:", "", differences.to_markdown(index=False, floatfmt=".3g"), ""]
+    (args.out / "summary.md").write_text("\n".join(sections))
+    print("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Pairwise run comparison: overlap, layer counts and paired quality on the same segments."""
+
+import pandas as pd
+import pytest
+
+from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, quality_table
+from neft.masks import ModelShape, NeuronMask
+
+SHAPE = ModelShape(num_layers=3, d_model=4, d_ff=8, total_parameters=1000)
+REFERENCES = [f"the quick brown fox number {i} jumps over the lazy dog" for i in range(30)]
+
+
+def run(name: str, indices: dict, predictions: list[str] | None, tied: int = 1) -> RunOutputs:
+    frame = None if predictions is None else pd.DataFrame({"id": range(len(predictions)), "reference": REFERENCES, "prediction": predictions})
+    return RunOutputs(name, NeuronMask(SHAPE, 0.01, indices=indices), {"tied_at_cutoff": tied, "decided_by_tiebreak": tied - 1},
+                      {"distinct_changes": 10}, frame)
+
+
+def test_masks_layers_and_quality_of_pairs():
+    poor = [" ".join(reference.split()[:4]) for reference in REFERENCES]
+    good = [" ".join(reference.split()[:9]) for reference in REFERENCES]
+    baseline = run("old", {"in": {0: [1, 2, 3]}, "out": {2: [0]}}, poor, tied=3)
+    system = run("new", {"in": {0: [1, 2], 1: [5]}, "out": {2: [0]}}, good)
+    masks = mask_table([(baseline, system)])
+    assert masks.loc[0, "jaccard"] == pytest.approx(3 / 5)
+    assert (masks.loc[0, "baseline_decided_by_tiebreak"], masks.loc[0, "system_decided_by_tiebreak"]) == (2, 0)
+    assert layer_distribution({"old": baseline.mask, "new": system.mask}).to_dict("list") == {"old": [3, 0, 1], "new": [2, 1, 1]}
+
+    quality = quality_table("translation", [(baseline, system), (baseline, system)])
+    assert list(quality["pair"].unique()) == ["new - old", "pooled (2 pairs)"]
+    pooled = quality[quality["pair"] == "pooled (2 pairs)"]
+    assert (pooled["segments"] == 60).all() and (pooled["difference"] > 0).all() and (pooled["p_value"] < 0.01).all()
+    summary = difference_summary(quality).set_index("metric")
+    assert summary.loc["bleu", "pairs"] == 2 and summary.loc["bleu", "system_higher"] == 2
+
+
+def test_runs_on_different_segments_are_not_a_pair():
+    baseline = run("a", {"in": {0: [1]}}, list(REFERENCES))
+    system = run("b", {"in": {0: [1]}}, list(REFERENCES))
+    system.predictions["id"] = system.predictions["id"] + 100
+    with pytest.raises(ValueError, match="different test segments"):
+        quality_table("translation", [(baseline, system)])
