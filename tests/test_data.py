@@ -104,9 +104,15 @@ def test_examples_whose_prompt_fills_max_length_are_dropped(tokenizer):
 
 def test_training_batches_are_seeded(tokenizer):
     items = encode_all(tokenizer, [Example(str(i), f"p{i}", f"t{i}") for i in range(10)], max_length=64)
-    first = [next(training_batches(items, 4, 0, seed=5))["input_ids"] for _ in range(1)]
-    again = [next(training_batches(items, 4, 0, seed=5))["input_ids"] for _ in range(1)]
-    assert all((a == b).all() for a, b in zip(first, again))
+
+    def first_batches(seed: int) -> list[list[int]]:  # 3 epochs of 2 batches: the reshuffles too
+        batches = training_batches(items, 4, 0, seed=seed)
+        return [next(batches)["input_ids"].tolist() for _ in range(6)]
+
+    assert first_batches(5) == first_batches(5)
+    assert first_batches(5) != first_batches(6)
+    epochs = first_batches(5)
+    assert epochs[:2] != epochs[2:4], "each epoch is reshuffled"
 
 
 def test_prompts_for_analysis_are_truncated_not_dropped(tokenizer):

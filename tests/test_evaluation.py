@@ -1,4 +1,5 @@
 import pytest
+import torch
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -48,9 +49,42 @@ def test_unknown_task_kind_is_rejected():
         task_metrics("classification", ["a"], ["a"])
 
 
-def test_greedy_generation_is_batched_without_changing_results(tiny_model, tokenizer):
-    prompts = ["short", "a much longer prompt than the other one", "mid length"]
-    one_by_one = generate_greedy(tiny_model, tokenizer, prompts, max_new_tokens=5, batch_size=1)
-    batched = generate_greedy(tiny_model, tokenizer, prompts, max_new_tokens=5, batch_size=3)
-    assert len(batched) == 3
-    assert batched == one_by_one
+ANSWERS = {"one": "ant", "three": "cat", "fifteen": "dog", "eleven words": "emu"}
+
+
+@pytest.fixture(scope="module")
+def answering_model():
+    """The tiny model fine-tuned until it answers each of four prompts with its own word."""
+    from neft.data.records import Example
+    from neft.methods import full_finetuning
+    from neft.models import build_random_llama, byte_level_tokenizer
+    from neft.tokenization import encode_all, training_batches
+    from neft.training import TrainSettings, train
+    from conftest import TINY_ARCHITECTURE
+
+    tokenizer = byte_level_tokenizer()
+    model = build_random_llama(TINY_ARCHITECTURE, vocab_size=len(tokenizer), seed=0)
+    items = encode_all(tokenizer, [Example(str(i), prompt, answer) for i, (prompt, answer) in enumerate(ANSWERS.items())], max_length=64)
+    trainable = full_finetuning(model)
+    settings = TrainSettings(steps=150, learning_rate=3e-3, keep_best=False)
+    train(trainable.model, trainable.parameters, training_batches(items, 4, tokenizer.pad_token_id, seed=0), settings)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+def test_predictions_are_the_known_answers_in_input_order(answering_model, batch_size):
+    # Input order is neither ascending nor descending prompt length, so predictions returned in the
+    # length-sorted batching order would misalign with the references.
+    model, tokenizer = answering_model
+    prompts = ["fifteen", "one", "eleven words", "three"]
+    assert generate_greedy(model, tokenizer, prompts, max_new_tokens=6, batch_size=batch_size) == [ANSWERS[p] for p in prompts]
+
+
+def test_rouge_on_partially_overlapping_chinese_counts_characters():
+    # Reference 我爱北京天安门 (7 characters, 6 bigrams), prediction 我爱上海 (4, 3): 2 shared characters,
+    # 1 shared bigram, longest common subsequence 我爱.
+    metrics = summarization_metrics(["我爱上海"], ["我爱北京天安门"])
+    f1 = lambda overlap, predicted, reference: 100 * 2 * overlap / (predicted + reference)  # noqa: E731
+    assert metrics["rouge1"] == pytest.approx(f1(2, 4, 7))
+    assert metrics["rouge2"] == pytest.approx(f1(1, 3, 6))
+    assert metrics["rougeL"] == pytest.approx(f1(2, 4, 7))

@@ -23,8 +23,12 @@ def test_lora_rank_matches_the_neft_budget(tiny_model):
 
 
 def test_full_finetuning_trains_every_parameter_once(tiny_model):
+    # Written out for the tiny Llama: tied embedding 259 x 32; per layer q, o 32x32, k, v 32x16,
+    # gate/up/down 32x48, two norms of 32; the final norm. The tied output layer counts once.
+    expected = 259 * 32 + 2 * (2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 48 + 2 * 32) + 32
     trainable = full_finetuning(tiny_model)
-    assert trainable.trainable_parameters == count_parameters(tiny_model)
+    assert trainable.trainable_parameters == count_parameters(tiny_model) == expected == 23_808
+    assert len({id(p) for p in trainable.parameters}) == len(trainable.parameters)
 
 
 def test_saved_lora_adapter_loads_and_merges_to_the_same_outputs(tiny_model, tmp_path):

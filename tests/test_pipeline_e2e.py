@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import sacrebleu
 import torch
 import yaml
 from conftest import commit, copy_project_into_new_repo, run, stages_run
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.e2e
 
 TINY = ["model=tiny-llama", "task=jsonl"]
 ALL_STAGES = {
@@ -23,14 +26,25 @@ RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evalua
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A fresh git+DVC checkout of the project with params.yaml composed for the tiny model."""
+def tiny_run(tmp_path_factory) -> tuple[Path, str]:
+    """A fresh git+DVC checkout of the project with params.yaml composed for the tiny model, after
+    `dvc repro` ran every stage, and the commit of that run."""
     repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-e2e"), ("reports/", "data/prepared"))
     run([sys.executable, "scripts/compose_params.py", *TINY], repo)
     commit(repo, "tiny")
     first = run(["dvc", "repro"], repo)
     assert stages_run(first.stdout) == ALL_STAGES
     commit(repo, "tiny run")
+    return repo, run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+@pytest.fixture
+def repo(tiny_run) -> Path:
+    """The workspace as the committed tiny run left it, whatever experiments earlier tests ran in it."""
+    repo, tiny_run_commit = tiny_run
+    run(["git", "reset", "-q", "--hard", tiny_run_commit], repo)
+    run(["git", "clean", "-fdq"], repo)
+    run(["dvc", "checkout", "--force"], repo)
     return repo
 
 
@@ -50,15 +64,7 @@ def test_repro_writes_every_artifact(repo):
     assert abs(lora["trainable_parameters"] - lora["neft_budget"]) <= lora["parameters_per_rank"] / 2
 
 
-def committed_run(repo: Path) -> Path:
-    """The workspace as the fixture's commit left it (other tests run experiments in it)."""
-    run(["git", "checkout", "--", "."], repo)
-    run(["dvc", "checkout", "--force"], repo)
-    return repo
-
-
 def test_mask_is_the_k_most_changed_of_an_independent_float64_recomputation(repo):
-    repo = committed_run(repo)
     base = load_file(repo / "artifacts/model/model.safetensors")
     probe = load_file(repo / "artifacts/probe/model.safetensors")
     rows = []
@@ -79,6 +85,18 @@ def test_mask_is_the_k_most_changed_of_an_independent_float64_recomputation(repo
     assert scores["change"].nunique() == 512
 
 
+def test_reported_metrics_equal_sacrebleu_recomputed_from_the_saved_predictions(repo):
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    tokenize = yaml.safe_load((repo / "params.yaml").read_text())["task"]["metric_options"]["bleu_tokenize"]
+    for method in ("base", "full", "neft", "lora"):
+        saved = pd.read_json(repo / f"reports/eval/{method}/predictions.jsonl", lines=True, dtype=False)
+        references = [list(saved["reference"])]
+        assert metrics[method]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(list(saved["prediction"]), references, tokenize=tokenize).score, abs=1e-4)
+        assert metrics[method]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(list(saved["prediction"]), references).score, abs=1e-4)
+    assert set(metrics["significance"]) == {"neft_vs_lora", "neft_vs_full", "neft_vs_base"}
+    assert 0 < metrics["significance"]["neft_vs_lora"]["bleu_p"] <= 1
+
+
 def test_second_repro_does_nothing(repo):
     again = run(["dvc", "repro"], repo)
     assert stages_run(again.stdout) == set()
@@ -95,7 +113,6 @@ def test_ratio_change_reruns_only_mask_and_downstream(repo):
 
 def test_control_mask_at_the_same_budget_retrains_neft_but_not_lora(repo):
     overrides = sum((["-S", override] for override in TINY), [])
-    run(["dvc", "exp", "run", "-S", "ratio=0.06", *overrides], repo)  # the workspace at the cosine mask, whatever ran before
     experiment = run(["dvc", "exp", "run", "-S", "ratio=0.06", "-S", "mask.strategy=random", *overrides], repo)
     # The matched LoRA reads only artifacts/budget.json, which the strategy does not change.
     assert stages_run(experiment.stdout) == {"mask", "train_neft", "evaluate@neft", "analyze", "report"}

@@ -1,9 +1,12 @@
 import copy
 
 import pytest
+import torch
 
 from conftest import random_batch
-from neft.methods import full_finetuning
+from neft.data.records import Example
+from neft.methods import full_finetuning, lora_finetuning
+from neft.tokenization import encode_all, training_batches
 from neft.training import TrainSettings, linear_schedule, train
 
 
@@ -26,15 +29,29 @@ def test_bad_settings_are_rejected(bad, message):
         TrainSettings(**{"steps": 5, "learning_rate": 1e-3, **bad})
 
 
-def test_same_seed_gives_the_same_losses(tiny_model):
-    batch = random_batch(tiny_model.config.vocab_size)
-    settings = TrainSettings(steps=3, learning_rate=1e-3)
-    runs = []
-    for _ in range(2):
-        model = copy.deepcopy(tiny_model)
-        runs.append(train(model, full_finetuning(model).parameters, cycle([batch]), settings).losses)
-    assert runs[0] == runs[1]
-    assert runs[0][-1] < runs[0][0]
+def seeded_lora_run(tiny_model, tokenizer, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[float]]:
+    """What a seed decides in a training stage: the batch order, LoRA's initialisation (and dropout), the losses."""
+    items = encode_all(tokenizer, [Example(str(i), f"prompt number {i}", f"answer {i}") for i in range(12)], max_length=64)
+    batches = training_batches(items, 4, tokenizer.pad_token_id, seed)
+    order = [next(batches)["input_ids"] for _ in range(6)]  # two epochs
+    torch.manual_seed(seed)  # as the training stage does before building the model
+    trainable = lora_finetuning(copy.deepcopy(tiny_model), rank=2, alpha=16, dropout=0.1)
+    initial = [p.detach().clone() for p in trainable.parameters]
+    settings = TrainSettings(steps=6, learning_rate=1e-2)
+    losses = train(trainable.model, trainable.parameters, training_batches(items, 4, tokenizer.pad_token_id, seed), settings).losses
+    return order, initial, losses
+
+
+def test_same_seed_same_batches_initialisation_and_losses_other_seed_other(tiny_model, tokenizer):
+    order, initial, losses = seeded_lora_run(tiny_model, tokenizer, seed=3)
+    again = seeded_lora_run(tiny_model, tokenizer, seed=3)
+    other = seeded_lora_run(tiny_model, tokenizer, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(order, again[0], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(initial, again[1], strict=True))
+    assert losses == again[2]
+    assert not all(torch.equal(a, b) for a, b in zip(order, other[0], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(initial, other[1], strict=True))
+    assert losses != other[2]
 
 
 def test_best_validation_step_is_restored(tiny_model):
@@ -47,6 +64,7 @@ def test_best_validation_step_is_restored(tiny_model):
     assert len(result.valid_losses) == 6
     best_step, best_loss = min(result.valid_losses, key=lambda pair: pair[1])
     assert (result.best_step, result.best_valid_loss) == (best_step, best_loss)
+    assert result.best_step < settings.steps and result.valid_losses[-1][1] > best_loss, "the test needs a best step before the last"
     from neft.training import validation_loss
 
     assert validation_loss(model, valid) == pytest.approx(best_loss, rel=1e-5)

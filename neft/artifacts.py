@@ -1,0 +1,52 @@
+"""Where each stage's artifacts live, defined once, and readers of the small ones that several
+stages share. Paths are relative to the project root, where DVC runs every stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from neft.io import read_json
+from neft.masks import MaskError, ModelShape
+
+DATA_DIR = Path("data/prepared")
+BASE_MODEL_DIR = Path("artifacts/model")
+MODEL_SHAPE_FILE = BASE_MODEL_DIR / "neft_shape.json"
+PROBE_DIR = Path("artifacts/probe")
+SCORES_DIR = Path("artifacts/scores")
+SCORES_FILE = SCORES_DIR / "scores.parquet"
+MASK_DIR = Path("artifacts/mask")
+MASK_FILE = MASK_DIR / "mask.json"
+MASK_SUMMARY_FILE = MASK_DIR / "summary.json"
+# The budget alone (k and its parameter count), apart from which neurons: the matched LoRA depends on
+# this file only, so a control mask (`mask.strategy`) at the same ratio does not retrain LoRA.
+BUDGET_FILE = Path("artifacts/budget.json")
+REPORTS_DIR = Path("reports")
+ANALYSIS_DIR = REPORTS_DIR / "analysis"
+
+
+def weights_dir(run: str) -> Path:
+    """Trained weights of a run: the probe's model, or a method's model, delta or adapter."""
+    return PROBE_DIR if run == "probe" else Path("artifacts/train") / run
+
+
+def train_log_dir(run: str) -> Path:
+    return REPORTS_DIR / "train" / run
+
+
+def eval_dir(method: str) -> Path:
+    return REPORTS_DIR / "eval" / method
+
+
+def read_model_shape(model_dir: Path = BASE_MODEL_DIR) -> ModelShape:
+    return ModelShape(**read_json(Path(model_dir) / MODEL_SHAPE_FILE.name))
+
+
+def read_budget(path: Path = BUDGET_FILE) -> int:
+    """NeFT's trainable-parameter count, which the matched LoRA must meet."""
+    if not Path(path).is_file():
+        raise MaskError(f"{path} is missing: run the mask stage first (dvc repro mask)")
+    budget = read_json(path).get("trainable_parameters")
+    if not isinstance(budget, int) or budget <= 0:
+        raise MaskError(f"{path}: trainable_parameters must be a positive integer, got {budget!r}")
+    return budget
