@@ -15,7 +15,7 @@ optional autocast). Per method it measures:
   (full ~6N, NeFT deltas ~(4+2r)N with r the trainable fraction of N, LoRA ~4N; N = parameters of
   all linear layers, lm_head included; attention-score FLOPs are not counted).
 
-It also times neuron scoring (`cosine_per_neuron` over every layer, in and out neurons, through
+It also times neuron scoring (`neuron_change` over every layer, in and out neurons, through
 `iter_neuron_scores` with in-memory weights) and, for SmolLM2 with a probe checkpoint, the scoring
 stage's own `score_neurons` from disk.
 

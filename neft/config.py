@@ -12,15 +12,15 @@ from typing import Any
 import torch
 import yaml
 
+from neft.errors import UserError
 from neft.models import torch_dtype
-from neft.training import TrainSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = Path("params.yaml")
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The configuration asks for something that does not exist or cannot work."""
 
 
@@ -76,17 +76,3 @@ def validate_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
         raise ConfigError(f"ratio must be a number in (0, 1) (a fraction of all parameters), got {ratio!r}")
     return float(ratio)
-
-
-def train_settings(params: dict[str, Any], learning_rate: float, steps: int | None = None) -> TrainSettings:
-    """Loop settings shared by every method; only the learning rate (and the probe's steps) differ."""
-    train = params["train"]
-    return TrainSettings(
-        steps=steps or train["steps"],
-        learning_rate=float(learning_rate),
-        weight_decay=float(train["weight_decay"]),
-        warmup_steps=int(train["warmup_steps"]),
-        max_grad_norm=train["max_grad_norm"],
-        eval_every=int(train["eval_every"]),
-        autocast_dtype=autocast_dtype(params["runtime"]),
-    )

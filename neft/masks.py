@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neft.errors import UserError
 from neft.neurons import NEURON_KINDS
 
 MASK_FORMAT = "neft-mask/v1"
 STRATEGIES = ("cosine", "reversed", "random")
 
 
-class MaskError(ValueError):
+class MaskError(UserError):
     """A budget that cannot be met, or a mask that does not fit the model."""
 
 

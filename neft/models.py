@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from neft.errors import UserError
+
 SOURCES = ("gguf_wheel", "hub", "random_init")
 
 # ChatML, the template SmolLM2 uses, so the tiny test model exercises the same prompt path.
@@ -35,7 +37,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     """The model section of the config cannot be satisfied."""
 
 

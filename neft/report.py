@@ -1,4 +1,6 @@
-"""The comparison report: one row per method (trainable share, quality, cost), plus plots."""
+"""The comparison report's parts: one row per method (trainable share, quality, cost), NeFT's
+significance against each baseline, the metrics document DVC reads, and plots. `stages/report.py`
+reads the artifacts and writes them."""
 
 from __future__ import annotations
 
@@ -12,9 +14,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from neft.evaluation import METRICS_BY_KIND  # noqa: E402
-from neft.io import read_json, write_json  # noqa: E402
-from neft.methods import EVAL_METHODS  # noqa: E402
-from neft.pipeline import MASK_DIR, REPORTS_DIR, eval_dir, train_log_dir  # noqa: E402
 from neft.significance import paired_bootstrap  # noqa: E402
 
 COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "peak_memory_mb", "lora_rank")
@@ -129,24 +128,3 @@ def plot_neurons_per_layer(mask_summary: dict[str, Any], out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
-
-
-def write_report(params: dict[str, Any], reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
-    kind = params["task"]["kind"]
-    evals = {method: read_json(eval_dir(method) / "metrics.json") for method in EVAL_METHODS}
-    trains = {method: read_json(train_log_dir(method) / "summary.json") for method in EVAL_METHODS if method != "base"}
-    mask_summary = read_json(MASK_DIR / "summary.json")
-    table = method_rows(kind, evals, trains, mask_summary["total_parameters"])
-    signatures = {key: value for key, value in evals["base"].items() if key.endswith(("_signature", "_tokenizer"))}
-    predictions = {method: pd.read_json(eval_dir(method) / "predictions.jsonl", lines=True, dtype=False) for method in EVAL_METHODS}
-    significance = significance_table(kind, predictions, params["task"]["metric_options"].get("bleu_tokenize", "13a"))
-    document = metrics_document(table, mask_summary, kind, significance)
-    plots = reports_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    plot_losses({run: train_log_dir(run) for run in ("probe", "full", "neft", "lora")}, plots / "loss.png")
-    plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
-    table.to_csv(reports_dir / "results.csv", index=False)
-    significance.to_csv(reports_dir / "significance.csv", index=False)
-    (reports_dir / "results.md").write_text(markdown_report(table, params, signatures, mask_summary, significance))
-    write_json(reports_dir / "metrics.json", document)
-    return document

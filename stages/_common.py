@@ -1,26 +1,15 @@
-"""What every stage entry point shares: offline environment, params, one clean error line."""
+"""What every stage entry point shares: params in, a JSON summary out, one clean line for a user error."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
-# The project root on the path, so `python stages/x.py` imports the library without installing it.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(variable, "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from neft.config import load_params
+from neft.errors import UserError
 
-from neft.config import ConfigError, load_params  # noqa: E402
-from neft.data.records import DataError  # noqa: E402
-from neft.masks import MaskError  # noqa: E402
-from neft.models import ModelConfigError  # noqa: E402
-
-USER_ERRORS = (ConfigError, DataError, MaskError, ModelConfigError)
+USER_ERROR_EXIT = 2  # a crash keeps Python's traceback and exit status 1
 
 if not sys.stderr.isatty():  # logs stay readable under dvc repro and CI; tqdm bars quiet themselves
     import transformers
@@ -28,12 +17,15 @@ if not sys.stderr.isatty():  # logs stay readable under dvc repro and CI; tqdm b
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_stage(work: Callable[[dict[str, Any]], dict[str, Any]], usage: str = "", argc: int = 0) -> None:
-    """Run `work(params)`, print its summary as JSON; a user error exits 2 with one clear line."""
-    if len(sys.argv) - 1 != argc:
-        sys.exit(f"usage: python {sys.argv[0]} {usage}".rstrip())
+def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int = 0) -> None:
+    """Run `work(*args, params)`, print its summary as JSON; a user error exits 2 with one clear line."""
+    args = sys.argv[1:]
+    if len(args) != argc:
+        print(f"usage: python -m {sys.modules['__main__'].__spec__.name} {usage}".rstrip(), file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
     try:
-        summary = work(load_params())
-    except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
+        summary = work(*args, load_params())
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
     print(json.dumps(summary, indent=2, default=str))

@@ -1,12 +1,76 @@
-"""Stage analyze: score histogram with the cutoff, mask heatmap, mask overlaps (Jaccard) across
-budgets and controls, and the paper's utilisation-rank groups between the base and NeFT models.
+"""Stage analyze: score histogram, mask heatmap, mask overlaps across budgets and controls, and the
+paper's utilisation-rank analysis of the base vs the NeFT model.
 
-Usage: python stages/analyze.py           (writes reports/analysis/)
+Usage: python -m stages.analyze           (writes reports/analysis/)
 """
 
-from _common import run_stage
+from __future__ import annotations
 
-from neft import pipeline
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neft.analysis import (
+    delta_rank_groups,
+    jaccard,
+    layer_mean_hidden_states,
+    neuron_utilisation,
+    plot_score_histogram,
+    plot_selection_heatmap,
+    trained_flags,
+)
+from neft.artifacts import ANALYSIS_DIR, BASE_MODEL_DIR, DATA_DIR, MASK_FILE, SCORES_FILE, read_model_shape, weights_dir
+from neft.config import ConfigError, resolve_device
+from neft.data.records import read_jsonl
+from neft.io import atomic_directory, write_json
+from neft.masks import build_mask, load_mask
+from neft.methods import load_trained_model
+from neft.models import load_tokenizer, torch_dtype
+from neft.tokenization import encode_prompts, evaluation_batches
+from stages._common import run_stage
+
+
+def analyze(params: dict[str, Any], out_dir: Path = ANALYSIS_DIR) -> dict[str, Any]:
+    config = params["analysis"]
+    if not 0 < config["strongly_affected_fraction"] < 1:
+        raise ConfigError("analysis.strongly_affected_fraction must be in (0, 1)")
+    scores = pd.read_parquet(SCORES_FILE)
+    mask = load_mask(MASK_FILE)
+    shape = read_model_shape()
+    seed = params["seed"]
+    cosine_mask = build_mask(scores, shape, mask.ratio, "cosine")
+    overlaps = {f"cosine@{ratio}": jaccard(mask, build_mask(scores, shape, ratio, "cosine")) for ratio in config["compare_ratios"]}
+    overlaps.update({f"{strategy}@{mask.ratio}": jaccard(mask, build_mask(scores, shape, mask.ratio, strategy, seed))
+                     for strategy in ("cosine", "reversed", "random")})
+
+    tokenizer = load_tokenizer(BASE_MODEL_DIR)
+    examples = read_jsonl(DATA_DIR / "test.jsonl")[: config["examples"]]
+    inputs = encode_prompts(tokenizer, [example.prompt for example in examples], params["task"]["max_length"])
+    batches = evaluation_batches(inputs, params["evaluate"]["batch_size"], tokenizer.pad_token_id)
+    dtype = torch_dtype(params["model"]["dtype"])
+    device = resolve_device(params["runtime"])
+    utilisation = {}
+    for name, weights in (("base", None), ("neft", weights_dir("neft"))):
+        model = load_trained_model(name, BASE_MODEL_DIR, weights, dtype).to(device)
+        means = layer_mean_hidden_states(model, batches)
+        utilisation[name] = {kind: neuron_utilisation(model, means, kind).cpu().numpy() for kind in mask.indices}
+    groups = {
+        kind: delta_rank_groups(
+            utilisation["base"][kind], utilisation["neft"][kind], trained_flags(mask, kind),
+            threshold=round(config["strongly_affected_fraction"] * shape.num_layers * shape.d_ff),
+        )
+        for kind in sorted(mask.indices)
+    }
+    cutoff = float(scores["change"].nlargest(cosine_mask.num_neurons).min())
+    result = {"mask_strategy": mask.strategy, "ratio": mask.ratio, "change_cutoff": cutoff, "jaccard": overlaps,
+              "utilisation_base_vs_neft": groups, "test_examples": len(examples)}
+    with atomic_directory(out_dir) as scratch:
+        plot_score_histogram(scores, cutoff, str(scratch / "score_histogram.png"))
+        plot_selection_heatmap(mask, str(scratch / "mask_heatmap.png"))
+        write_json(scratch / "analysis.json", result)
+    return result
+
 
 if __name__ == "__main__":
-    run_stage(lambda params: pipeline.analysis_stage(params))
+    run_stage(analyze)

@@ -1,13 +1,55 @@
 """Stage evaluate@METHOD: greedy generation on the test split, BLEU/chrF or ROUGE.
 
-Usage: python stages/evaluate.py METHOD   (METHOD in base, full, neft, lora; writes reports/eval/METHOD/)
+Usage: python -m stages.evaluate METHOD   (METHOD in base, full, neft, lora; writes reports/eval/METHOD/)
 """
 
-import sys
+from __future__ import annotations
 
-from _common import run_stage
+import time
+from typing import Any
 
-from neft import pipeline
+import pandas as pd
+
+from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, eval_dir, weights_dir
+from neft.config import ConfigError, autocast_dtype, resolve_device
+from neft.data.records import read_jsonl
+from neft.data.sources import validate_task_config
+from neft.evaluation import generate_greedy, task_metrics
+from neft.io import atomic_directory, write_json
+from neft.methods import EVAL_METHODS, load_trained_model
+from neft.models import load_tokenizer, torch_dtype
+from stages._common import run_stage
+
+
+def evaluate(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Greedy-decode the test split with `method`'s model and score it against the references."""
+    if method not in EVAL_METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")
+    validate_task_config(params["task"])
+    device = resolve_device(params["runtime"])
+    examples = read_jsonl(DATA_DIR / "test.jsonl")
+    tokenizer = load_tokenizer(BASE_MODEL_DIR)
+    trained = None if method == "base" else weights_dir(method)
+    model = load_trained_model(method, BASE_MODEL_DIR, trained, torch_dtype(params["model"]["dtype"])).to(device)
+    start = time.perf_counter()
+    predictions = generate_greedy(
+        model,
+        tokenizer,
+        [example.prompt for example in examples],
+        params["task"]["max_new_tokens"],
+        params["evaluate"]["batch_size"],
+        autocast_dtype(params["runtime"]),
+    )
+    seconds = time.perf_counter() - start
+    task = params["task"]
+    metrics = task_metrics(task["kind"], predictions, [e.target for e in examples], **task["metric_options"])
+    metrics.update(method=method, test_examples=len(examples), generate_seconds=round(seconds, 1))
+    with atomic_directory(eval_dir(method)) as scratch:
+        rows = [{"id": e.id, "prompt": e.prompt, "reference": e.target, "prediction": p} for e, p in zip(examples, predictions)]
+        pd.DataFrame(rows).to_json(scratch / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
+        write_json(scratch / "metrics.json", metrics)
+    return metrics
+
 
 if __name__ == "__main__":
-    run_stage(lambda params: pipeline.evaluate_stage(sys.argv[1], params), usage="METHOD", argc=1)
+    run_stage(evaluate, usage="METHOD", argc=1)

@@ -1,11 +1,29 @@
 """Stage prepare_data: the task's deterministic train/valid/test splits as JSONL.
 
-Usage: python stages/prepare_data.py      (reads params.yaml: task, seed; writes data/prepared/)
+Usage: python -m stages.prepare_data      (reads params.yaml: task, seed; writes data/prepared/)
 """
 
-from _common import run_stage
+from __future__ import annotations
 
-from neft import pipeline
+from pathlib import Path
+from typing import Any
+
+from neft.artifacts import DATA_DIR
+from neft.data.records import write_jsonl
+from neft.data.sources import SPLITS, build_splits
+from neft.io import atomic_directory, write_json
+from stages._common import run_stage
+
+
+def prepare_data(params: dict[str, Any], out_dir: Path = DATA_DIR) -> dict[str, Any]:
+    splits = build_splits(params["task"], params["seed"])
+    summary = {"task": params["task"]["name"], "seed": params["seed"], **{f"{s}_examples": len(splits[s]) for s in SPLITS}}
+    with atomic_directory(out_dir) as scratch:
+        for split in SPLITS:
+            write_jsonl(scratch / f"{split}.jsonl", splits[split])
+        write_json(scratch / "summary.json", summary)
+    return summary
+
 
 if __name__ == "__main__":
-    run_stage(lambda params: pipeline.prepare_data(params))
+    run_stage(prepare_data)

@@ -1,11 +1,31 @@
-"""Stage prepare_model: the base model as safetensors + tokenizer, loaded from its source once.
+"""Stage prepare_model: load the base model once (GGUF -> plain weights) and save it with its tokenizer.
 
-Usage: python stages/prepare_model.py     (reads params.yaml: model, seed; writes artifacts/model/)
+Usage: python -m stages.prepare_model     (reads params.yaml: model, seed; writes artifacts/model/)
 """
 
-from _common import run_stage
+from __future__ import annotations
 
-from neft import pipeline
+import time
+from pathlib import Path
+from typing import Any
+
+from neft.artifacts import BASE_MODEL_DIR, MODEL_SHAPE_FILE
+from neft.io import atomic_directory, write_json
+from neft.masks import ModelShape
+from neft.models import load_source_model, save_model, validate_model_config
+from stages._common import run_stage
+
+
+def prepare_model(params: dict[str, Any], out_dir: Path = BASE_MODEL_DIR) -> dict[str, Any]:
+    validate_model_config(params["model"])
+    start = time.perf_counter()
+    model, tokenizer = load_source_model(params["model"], params["seed"])
+    shape = ModelShape.of(model)
+    with atomic_directory(out_dir) as scratch:
+        save_model(model, tokenizer, scratch)
+        write_json(scratch / MODEL_SHAPE_FILE.name, vars(shape))
+    return {"model": params["model"]["name"], **vars(shape), "seconds": round(time.perf_counter() - start, 1)}
+
 
 if __name__ == "__main__":
-    run_stage(lambda params: pipeline.prepare_model(params))
+    run_stage(prepare_model)

@@ -1,15 +1,145 @@
 """Stage train@RUN: the probe (a short full fine-tune) or one method: full, neft, lora.
 
-Usage: python stages/train.py RUN         (RUN in probe, full, neft, lora)
+Usage: python -m stages.train RUN         (RUN in probe, full, neft, lora)
 Writes artifacts/probe or artifacts/train/RUN (weights, delta or adapter) and reports/train/RUN
-(dvclive step logs and summary.json).
+(dvclive step logs and summary.json). The loop is the library's one `train`; runs differ only in
+which parameters train (`setup_method`) and how the result is saved.
 """
 
-import sys
+from __future__ import annotations
 
-from _common import run_stage
+from typing import Any, Callable
 
-from neft import pipeline
+import torch
+from dvclive import Live
+
+from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, MASK_FILE, read_budget, train_log_dir, weights_dir
+from neft.config import ConfigError, autocast_dtype, resolve_device
+from neft.data.records import read_jsonl
+from neft.io import atomic_directory, write_json
+from neft.masks import ModelShape, load_mask, validate_mask
+from neft.methods import METHODS, TrainableModel, full_finetuning, lora_finetuning, lora_parameters_per_rank, lora_rank_for_budget, neft_finetuning
+from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
+from neft.tokenization import encode_all, evaluation_batches, training_batches
+from neft.training import TrainSettings
+from neft.training import train as train_loop
+from stages._common import run_stage
+
+TRAINING_RUNS = ("probe", *METHODS)
+
+
+def setup_method(run: str, model: torch.nn.Module, params: dict[str, Any]) -> TrainableModel:
+    """Make `model` trainable the way `run` wants; the loop afterwards is the same for all."""
+    if run in ("probe", "full"):
+        return full_finetuning(model)
+    if run == "neft":
+        mask = load_mask(MASK_FILE)
+        validate_mask(mask, ModelShape.of(model))
+        return neft_finetuning(model, mask, {"base_model": params["model"]["name"], "kinds": params["mask"]["kinds"]})
+    if run == "lora":
+        budget = read_budget()
+        rank = lora_rank_for_budget(model, budget)
+        per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
+        lora = params["methods"]["lora"]
+        trainable = lora_finetuning(model, rank, lora["alpha"], lora["dropout"])
+        trainable.details.update(neft_budget=budget, parameters_per_rank=per_rank)
+        return trainable
+    raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
+
+
+def train_settings(params: dict[str, Any], learning_rate: float, steps: int | None = None) -> TrainSettings:
+    """Loop settings shared by every method; only the learning rate (and the probe's steps) differ."""
+    train = params["train"]
+    return TrainSettings(
+        steps=steps or train["steps"],
+        learning_rate=float(learning_rate),
+        weight_decay=float(train["weight_decay"]),
+        warmup_steps=int(train["warmup_steps"]),
+        max_grad_norm=train["max_grad_norm"],
+        eval_every=int(train["eval_every"]),
+        autocast_dtype=autocast_dtype(params["runtime"]),
+    )
+
+
+def learning_rate_and_steps(run: str, params: dict[str, Any]) -> tuple[float, int]:
+    if run == "probe":
+        return params["probe"]["learning_rate"], params["probe"]["steps"]
+    return params["methods"][run]["learning_rate"], params["train"]["steps"]
+
+
+def train(run: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Train one run (probe or a method), save its weights/delta/adapter, log steps with dvclive."""
+    if run not in TRAINING_RUNS:
+        raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
+    # Fail on a bad mask or budget before loading anything heavy.
+    if run == "neft":
+        load_mask(MASK_FILE)
+    if run == "lora":
+        read_budget()
+    learning_rate, steps = learning_rate_and_steps(run, params)
+    settings = train_settings(params, learning_rate, steps)
+    device = resolve_device(params["runtime"])
+    seed = params["seed"]
+    tokenizer = load_tokenizer(BASE_MODEL_DIR)
+    max_length = params["task"]["max_length"]
+    train_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "train.jsonl"), max_length)
+    valid_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "valid.jsonl"), max_length)
+    batch_size = params["train"]["batch_size"]
+
+    torch.manual_seed(seed)
+    model = load_model(BASE_MODEL_DIR, torch_dtype(params["model"]["dtype"])).to(device)
+    if params["train"]["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    total = count_parameters(model)  # before adapters or deltas add their own
+    trainable = setup_method(run, model, params)
+    log_dir = train_log_dir(run)
+    with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
+        result = train_loop(
+            trainable.model,
+            trainable.parameters,
+            training_batches(train_items, batch_size, tokenizer.pad_token_id, seed),
+            settings,
+            evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
+            on_step=_dvclive_logger(live),
+            description=run,
+        )
+    summary = {
+        "run": run,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "steps": steps,
+        "batch_size": batch_size,
+        "trainable_parameters": trainable.trainable_parameters,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable.trainable_parameters / total,
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_step": round(result.seconds / steps, 4),
+        "train_tokens": result.train_tokens,
+        "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
+        "first_loss": result.losses[0],
+        "final_loss": result.losses[-1],
+        "best_step": result.best_step,
+        "best_valid_loss": result.best_valid_loss,
+        "device": str(device),
+        "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
+        **trainable.details,
+    }
+    with atomic_directory(weights_dir(run)) as scratch:
+        trainable.save(scratch)
+        write_json(scratch / "train_summary.json", summary)
+    write_json(log_dir / "summary.json", summary)
+    return summary
+
+
+def _dvclive_logger(live: Live) -> Callable[[int, dict[str, float]], None]:
+    def log(step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            live.log_metric(name, value, plot=True)
+        live.next_step()
+
+    return log
+
 
 if __name__ == "__main__":
-    run_stage(lambda params: pipeline.train_stage(sys.argv[1], params), usage="RUN", argc=1)
+    run_stage(train, usage="RUN", argc=1)

@@ -149,15 +149,16 @@ def test_delta_gradients_match_a_float64_dense_reference(autocast):
     assert_close_to_scale(x.grad, expected_x, tolerance)
 
 
+@AUTOCAST
 @pytest.mark.parametrize("method", ["full", "neft"])
-def test_evaluation_loads_the_trained_weights_not_the_base(tiny_model, tmp_path, method):
+def test_evaluation_loads_the_trained_weights_not_the_base(tiny_model, tmp_path, method, autocast):
     tiny_model.save_pretrained(tmp_path / "base")
     batch = random_batch(tiny_model.config.vocab_size, seed=7)
     with torch.no_grad():
         base_logits = tiny_model(**batch).logits
     model = copy.deepcopy(tiny_model)
     trainable = full_finetuning(model) if method == "full" else neft_finetuning(model, random_mask(model, per_matrix=5), {})
-    train(trainable.model, trainable.parameters, batches(tiny_model.config.vocab_size), settings(None))
+    train(trainable.model, trainable.parameters, batches(tiny_model.config.vocab_size), settings(autocast))
     trainable.model.eval()
     with torch.no_grad():
         trained_logits = trainable.model(**batch).logits

@@ -143,3 +143,12 @@ def test_sharded_scoring_equals_single_file_on_a_pair_that_differs(tmp_path, tin
 def test_unknown_neuron_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown neuron kind"):
         resolve_kinds(["in", "attention"])
+
+
+def test_scoring_leaves_its_inputs_untouched():
+    base = torch.randn(6, 5, dtype=torch.float64)
+    tuned = base + 0.1 * torch.randn(6, 5, dtype=torch.float64)
+    copies = base.clone(), tuned.clone()
+    neuron_change(base, tuned, axis=0)
+    neuron_change(base, tuned, axis=1)
+    assert torch.equal(base, copies[0]) and torch.equal(tuned, copies[1])

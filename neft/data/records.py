@@ -12,8 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from neft.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """Task data is missing, empty or malformed."""
 
 

@@ -1,0 +1,143 @@
+"""Every stage function in-process, on the tiny model and the example JSONL task, in a temporary
+project directory: what each writes, that a second run with the same seed writes the same bytes,
+and that a user error stops the stage before it writes anything."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from neft.config import compose_params
+from neft.errors import UserError
+from stages.analyze import analyze
+from stages.evaluate import evaluate
+from stages.mask import mask
+from stages.prepare_data import prepare_data
+from stages.prepare_model import prepare_model
+from stages.report import report
+from stages.score import score
+from stages.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model=tiny-llama", "task=jsonl"]
+
+
+@contextlib.contextmanager
+def inside(directory: Path):
+    previous = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield directory
+    finally:
+        os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, dict]:
+    """A project directory after every stage ran once, in dvc.yaml's order, and its params."""
+    directory = tmp_path_factory.mktemp("stages")
+    shutil.copytree(ROOT / "data/custom", directory / "data/custom")
+    params = compose_params(TINY)
+    with inside(directory):
+        prepare_data(params)
+        prepare_model(params)
+        train("probe", params)
+        score(params)
+        mask(params)
+        for method in ("full", "neft", "lora"):
+            train(method, params)
+        for method in ("base", "full", "neft", "lora"):
+            evaluate(method, params)
+        analyze(params)
+        report(params)
+    return directory, params
+
+
+@pytest.fixture
+def workspace(project):
+    directory, params = project
+    with inside(directory):
+        yield params
+
+
+def rerun_gives_the_same_bytes(paths: list[str], run) -> None:
+    before = {path: Path(path).read_bytes() for path in paths}
+    run()
+    for path in paths:
+        assert Path(path).read_bytes() == before[path], f"{path} changed on a rerun with the same seed"
+
+
+def test_prepare_data_writes_the_splits(workspace):
+    summary = prepare_data(workspace)
+    assert {summary[f"{split}_examples"] for split in ("train", "valid", "test")} and summary["train_examples"] > 0
+    rerun_gives_the_same_bytes(["data/prepared/train.jsonl", "data/prepared/test.jsonl"], lambda: prepare_data(workspace))
+
+
+def test_prepare_model_writes_weights_and_shape(workspace):
+    summary = prepare_model(workspace)
+    assert (summary["num_layers"], summary["d_model"], summary["d_ff"]) == (2, 64, 128)
+    assert Path("artifacts/model/model.safetensors").is_file() and Path("artifacts/model/neft_shape.json").is_file()
+
+
+def test_score_writes_float64_changes_that_resolve_every_neuron(workspace):
+    summary = score(workspace)
+    scores = pd.read_parquet("artifacts/scores/scores.parquet")
+    assert summary["neurons"] == len(scores) == 2 * 2 * 128 == summary["distinct_changes"]
+    assert str(scores["change"].dtype) == "float64" and (scores["change"] > 0).all()
+    rerun_gives_the_same_bytes(["artifacts/scores/scores.parquet"], lambda: score(workspace))
+
+
+def test_mask_writes_k_neurons_with_no_tie_and_the_budget(workspace):
+    summary = mask(workspace)
+    assert summary["num_neurons"] == 85 and (summary["tied_at_cutoff"], summary["decided_by_tiebreak"]) == (1, 0)
+    assert json.loads(Path("artifacts/budget.json").read_text())["trainable_parameters"] == 85 * 64
+    rerun_gives_the_same_bytes(["artifacts/mask/mask.json", "artifacts/budget.json"], lambda: mask(workspace))
+
+
+@pytest.mark.parametrize("run", ["probe", "full", "neft", "lora"])
+def test_train_saves_the_run_and_its_summary(workspace, run):
+    summary = train(run, workspace)
+    weights = {"probe": "artifacts/probe/model.safetensors", "full": "artifacts/train/full/model.safetensors",
+               "neft": "artifacts/train/neft/neft_delta.safetensors", "lora": "artifacts/train/lora/adapter_model.safetensors"}[run]
+    assert Path(weights).is_file()
+    assert summary["steps"] == 8 and summary["autocast"] == "none" and len(pd.read_csv(f"reports/train/{run}/plots/metrics/loss.tsv", sep="\t")) == 8
+    if run == "neft":
+        assert summary["trainable_parameters"] == 85 * 64
+        rerun_gives_the_same_bytes([weights], lambda: train(run, workspace))
+
+
+@pytest.mark.parametrize("method", ["base", "full", "neft", "lora"])
+def test_evaluate_writes_predictions_and_metrics(workspace, method):
+    metrics = evaluate(method, workspace)
+    predictions = pd.read_json(f"reports/eval/{method}/predictions.jsonl", lines=True, dtype=False)
+    assert metrics["test_examples"] == len(predictions) > 0 and {"bleu", "chrf"} <= set(metrics)
+
+
+def test_analyze_writes_plots_and_overlaps(workspace):
+    result = analyze(workspace)
+    assert result["jaccard"]["cosine@0.06"] == 1.0 and result["jaccard"]["reversed@0.06"] == 0.0
+    assert Path("reports/analysis/score_histogram.png").is_file()
+
+
+def test_report_writes_the_table_significance_and_metrics(workspace):
+    document = report(workspace)
+    assert set(document) == {"base", "full", "neft", "lora", "mask", "significance"}
+    assert len(pd.read_csv("reports/significance.csv")) == 3 * 2  # 3 comparisons x BLEU, chrF
+    rerun_gives_the_same_bytes(["reports/metrics.json"], lambda: report(workspace))
+
+
+def test_a_user_error_stops_a_stage_before_it_writes(workspace):
+    before = Path("artifacts/mask/mask.json").read_bytes()
+    with pytest.raises(UserError, match="ratio must be a number"):
+        mask({**workspace, "ratio": "six percent"})
+    with pytest.raises(UserError, match="score.form='fp16' is unknown"):
+        score({**workspace, "score": {"form": "fp16"}})
+    with pytest.raises(UserError, match="unknown training run 'prefix'"):
+        train("prefix", workspace)
+    assert Path("artifacts/mask/mask.json").read_bytes() == before
