@@ -44,6 +44,8 @@ def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
             row[f"{side}_distinct_changes"] = run.score_summary.get("distinct_changes")
             row[f"{side}_tied_at_cutoff"] = run.mask_summary.get("tied_at_cutoff")
             row[f"{side}_decided_by_tiebreak"] = run.mask_summary.get("decided_by_tiebreak")
+            for kind, count in sorted(run.mask_summary.get("neurons_per_kind", {}).items()):
+                row[f"{side}_{kind}_neurons"] = count
         rows.append(row)
     return pd.DataFrame(rows)
 

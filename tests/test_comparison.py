@@ -12,7 +12,9 @@ REFERENCES = [f"the quick brown fox number {i} jumps over the lazy dog" for i in
 
 def run(name: str, indices: dict, predictions: list[str] | None, tied: int = 1) -> RunOutputs:
     frame = None if predictions is None else pd.DataFrame({"id": range(len(predictions)), "reference": REFERENCES, "prediction": predictions})
-    return RunOutputs(name, NeuronMask(SHAPE, 0.01, indices=indices), {"tied_at_cutoff": tied, "decided_by_tiebreak": tied - 1},
+    mask = NeuronMask(SHAPE, 0.01, indices=indices)
+    per_kind = {kind: sum(len(ids) for ids in per_layer.values()) for kind, per_layer in indices.items()}
+    return RunOutputs(name, mask, {"tied_at_cutoff": tied, "decided_by_tiebreak": tied - 1, "neurons_per_kind": per_kind},
                       {"distinct_changes": 10}, frame)
 
 
@@ -24,6 +26,7 @@ def test_masks_layers_and_quality_of_pairs():
     masks = mask_table([(baseline, system)])
     assert masks.loc[0, "jaccard"] == pytest.approx(3 / 5)
     assert (masks.loc[0, "baseline_decided_by_tiebreak"], masks.loc[0, "system_decided_by_tiebreak"]) == (2, 0)
+    assert (masks.loc[0, "baseline_in_neurons"], masks.loc[0, "system_in_neurons"], masks.loc[0, "system_out_neurons"]) == (3, 3, 1)
     assert layer_distribution({"old": baseline.mask, "new": system.mask}).to_dict("list") == {"old": [3, 0, 1], "new": [2, 1, 1]}
 
     quality = quality_table("translation", [(baseline, system), (baseline, system)])
