@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from neft.analysis import jaccard  # noqa: E402
 from neft.masks import NeuronMask  # noqa: E402
-from neft.significance import paired_bootstrap  # noqa: E402
+from neft.significance import compare_predictions  # noqa: E402
 
 
 @dataclass
@@ -52,21 +52,15 @@ def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
 
 def quality_table(kind: str, pairs: Sequence[tuple[RunOutputs, RunOutputs]], bleu_tokenize: str = "13a") -> pd.DataFrame:
     """Paired bootstrap of each pair's NeFT predictions, then of all pairs' segments pooled."""
-    rows, pooled = [], {"reference": [], "baseline": [], "system": []}
+    rows = []
     for baseline, system in pairs:
-        ours, theirs = system.predictions, baseline.predictions
-        if ours is None or theirs is None:
+        if system.predictions is None or baseline.predictions is None:
             raise ValueError(f"{baseline.name} or {system.name} has no NeFT predictions")
-        if list(ours["id"]) != list(theirs["id"]):
-            raise ValueError(f"{baseline.name} and {system.name} were evaluated on different test segments: not a pair")
-        references, base_text, system_text = list(ours["reference"]), list(theirs["prediction"]), list(ours["prediction"])
-        pooled["reference"] += references
-        pooled["baseline"] += base_text
-        pooled["system"] += system_text
-        for comparison in paired_bootstrap(kind, references, base_text, system_text, bleu_tokenize):
+        for comparison in compare_predictions(kind, baseline.predictions, system.predictions, bleu_tokenize):
             rows.append({"pair": f"{system.name} - {baseline.name}", **comparison.as_dict()})
-    if len(pairs) > 1:
-        for comparison in paired_bootstrap(kind, pooled["reference"], pooled["baseline"], pooled["system"], bleu_tokenize):
+    if len(pairs) > 1:  # each pair's ids matched above, so the concatenations match too
+        pooled = [pd.concat([run.predictions for run in side], ignore_index=True) for side in zip(*pairs)]
+        for comparison in compare_predictions(kind, *pooled, bleu_tokenize):
             rows.append({"pair": f"pooled ({len(pairs)} pairs)", **comparison.as_dict()})
     return pd.DataFrame(rows)
 

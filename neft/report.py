@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from neft.evaluation import METRICS_BY_KIND  # noqa: E402
-from neft.significance import paired_bootstrap  # noqa: E402
+from neft.significance import compare_predictions  # noqa: E402
 
 COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "peak_memory_mb", "lora_rank")
 # (system, baseline): NeFT against each baseline on the same test segments.
@@ -38,10 +38,7 @@ def significance_table(kind: str, predictions: dict[str, pd.DataFrame], bleu_tok
     """Paired bootstrap of NeFT against each baseline: one row per (comparison, metric)."""
     rows = []
     for system, baseline in COMPARISONS:
-        ours, theirs = predictions[system], predictions[baseline]
-        if list(ours["id"]) != list(theirs["id"]):
-            raise ValueError(f"{system} and {baseline} predictions are not of the same test segments in the same order")
-        for comparison in paired_bootstrap(kind, list(ours["reference"]), list(theirs["prediction"]), list(ours["prediction"]), bleu_tokenize):
+        for comparison in compare_predictions(kind, predictions[baseline], predictions[system], bleu_tokenize):
             rows.append({"comparison": f"{system} - {baseline}", **comparison.as_dict()})
     return pd.DataFrame(rows)
 

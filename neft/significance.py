@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
@@ -67,6 +68,15 @@ def paired_bootstrap(
         # difference at all is no evidence of one.
         comparisons = [replace(comparison, p_value=1.0) for comparison in comparisons]
     return comparisons
+
+
+def compare_predictions(kind: str, baseline: pd.DataFrame, system: pd.DataFrame, bleu_tokenize: str = "13a",
+                        samples: int = BOOTSTRAP_SAMPLES) -> list[PairedComparison]:
+    """`paired_bootstrap` of two saved prediction tables (id, reference, prediction) of the same segments."""
+    if list(system["id"]) != list(baseline["id"]):
+        raise ValueError("the two systems were evaluated on different test segments (ids differ, or their order)")
+    return paired_bootstrap(kind, list(system["reference"]), list(baseline["prediction"]), list(system["prediction"]),
+                            bleu_tokenize, samples)
 
 
 def _translation(references: Sequence[str], baseline: Sequence[str], system: Sequence[str], bleu_tokenize: str,
