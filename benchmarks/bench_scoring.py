@@ -35,13 +35,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from bench_training import MB, _resolve_device, _status_kib, _sync, device_description, reset_cpu_peak
+from neft.neurons import resolve_kinds, score_neurons, weight_name
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_training import MB, _resolve_device, _status_kib, _sync, device_description, reset_cpu_peak  # noqa: E402
-
-from neft.neurons import resolve_kinds, score_neurons, weight_name  # noqa: E402
 
 KINDS = ["in", "out"]
 # (layers, d_model, d_ff, target seconds, target device)
@@ -136,7 +133,8 @@ def run(shape_name: str, device: torch.device, dtype: torch.dtype, repeats: int,
 
 def print_table(result: dict[str, Any]) -> None:
     shape, target = result["shape"], result.get("target")
-    print("| shape | device | neurons | checkpoint MB (each) | first pass s | median s | peak extra MB | x one layer pair (fp32) | target |")
+    print("| shape | device | neurons | checkpoint MB (each) | first pass s | median s | peak extra MB "
+          "| x one layer pair (fp32) | target |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     target_text = "-" if not target else (
         f"<= {target['seconds']} s on {target['device']}: {'holds' if target['holds'] else 'MISSED'}"

@@ -62,12 +62,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from neft import use_offline_environment
+
 ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "benchmarks"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+use_offline_environment()
 
 METHODS = ("full", "dense_masked", "neft", "lora")
 LABELS = {
@@ -664,14 +662,17 @@ def tables(summary: dict[str, Any]) -> str:
         header,
         mask_line,
         "",
-        "| method | step s (median) | x full | x LoRA | peak MB | train peak MB | optimizer MB | checkpoint MB | trainable params | tokens/s |",
+        "| method | step s (median) | x full | x LoRA | peak MB | train peak MB | optimizer MB | checkpoint MB "
+        "| trainable params | tokens/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, r in methods.items():
+    for r in methods.values():
         lines.append(
-            f"| {r['label']} | {r['step_seconds_median']:.4f} | {_fmt(r.get('step_x_full'), '.2f')} | {_fmt(r.get('step_x_lora'), '.2f')} | "
+            f"| {r['label']} | {r['step_seconds_median']:.4f} | {_fmt(r.get('step_x_full'), '.2f')} | "
+            f"{_fmt(r.get('step_x_lora'), '.2f')} | "
             f"{r['peak_memory_bytes'] / MB:.0f} | {_fmt(r['train_peak_memory_bytes'] and r['train_peak_memory_bytes'] / MB, '.0f')} | "
-            f"{r['optimizer_state_bytes'] / MB:.1f} | {r['checkpoint_bytes'] / MB:.2f} | {r['trainable_parameters']:,} | {r['tokens_per_second']:.0f} |"
+            f"{r['optimizer_state_bytes'] / MB:.1f} | {r['checkpoint_bytes'] / MB:.2f} | {r['trainable_parameters']:,} | "
+            f"{r['tokens_per_second']:.0f} |"
         )
     for name, r in summary["methods"].items():
         if "error" in r:

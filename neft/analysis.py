@@ -9,19 +9,20 @@ the mean hidden state of its own or any later layer. Neurons of a kind are ranke
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
 
-from neft.masks import NeuronMask  # noqa: E402
-from neft.neurons import NEURON_KINDS, weight_name  # noqa: E402
+from neft.masks import NeuronMask
+from neft.neurons import NEURON_KINDS, weight_name
 
 
 def mask_members(mask: NeuronMask) -> set[tuple[str, int, int]]:

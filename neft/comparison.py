@@ -9,19 +9,20 @@ compared choice differs. `scripts/compare_runs.py` loads the runs from DVC exper
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from neft.analysis import jaccard  # noqa: E402
-from neft.masks import NeuronMask  # noqa: E402
-from neft.significance import compare_predictions  # noqa: E402
+from neft.analysis import jaccard
+from neft.masks import NeuronMask
+from neft.significance import compare_predictions
 
 
 @dataclass
@@ -59,7 +60,7 @@ def quality_table(kind: str, pairs: Sequence[tuple[RunOutputs, RunOutputs]], ble
         for comparison in compare_predictions(kind, baseline.predictions, system.predictions, bleu_tokenize):
             rows.append({"pair": f"{system.name} - {baseline.name}", **comparison.as_dict()})
     if len(pairs) > 1:  # each pair's ids matched above, so the concatenations match too
-        pooled = [pd.concat([run.predictions for run in side], ignore_index=True) for side in zip(*pairs)]
+        pooled = [pd.concat([run.predictions for run in side], ignore_index=True) for side in zip(*pairs, strict=True)]
         for comparison in compare_predictions(kind, *pooled, bleu_tokenize):
             rows.append({"pair": f"pooled ({len(pairs)} pairs)", **comparison.as_dict()})
     return pd.DataFrame(rows)

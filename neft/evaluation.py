@@ -5,7 +5,7 @@ ROUGE-1/2/L/Lsum for summarisation with a tokenizer that keeps non-Latin text.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from rouge_score import rouge_scorer
@@ -48,7 +48,7 @@ def generate_greedy(
                 eos_token_id=tokenizer.eos_token_id,
             )
         new_tokens = generated[:, encoded["input_ids"].shape[1]:]
-        for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+        for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             outputs[index] = text.strip()
     return outputs
 
@@ -83,7 +83,8 @@ def summarization_metrics(predictions: Sequence[str], references: Sequence[str])
         for name, score in scorer.score(reference, prediction).items():
             totals[name] += score.fmeasure
     count = max(len(predictions), 1)
-    return {**{name: 100 * total / count for name, total in totals.items()}, "rouge_tokenizer": "unicode-words, CJK per character, no stemming"}
+    scores = {name: 100 * total / count for name, total in totals.items()}
+    return {**scores, "rouge_tokenizer": "unicode-words, CJK per character, no stemming"}
 
 
 def task_metrics(kind: str, predictions: Sequence[str], references: Sequence[str], bleu_tokenize: str = "13a") -> dict[str, float | str]:

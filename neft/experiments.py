@@ -8,13 +8,14 @@ Input is `dvc exp show --json`; every function below works on plain data and is 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
 METHODS = ("base", "full", "neft", "lora")
 GROUP_KEYS = ("task", "score_form", "ratio", "strategy")
@@ -97,7 +98,9 @@ def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return summary
 
 
-def paired_differences(rows: pd.DataFrame, metric: str, method: str = "neft", references: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:
+def paired_differences(
+    rows: pd.DataFrame, metric: str, method: str = "neft", references: tuple[str, ...] = ("lora", "full")
+) -> pd.DataFrame:
     """`method` minus each reference within the same run, then mean +/- std over seeds.
 
     A seed also redraws the data sample (test set included), so per-method spreads mix data and

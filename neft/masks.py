@@ -42,7 +42,7 @@ class ModelShape:
     total_parameters: int
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "ModelShape":
+    def of(cls, model: torch.nn.Module) -> ModelShape:
         config = model.config
         return cls(
             num_layers=config.num_hidden_layers,

@@ -4,9 +4,10 @@ and how a saved result is loaded back as a plain model. The training loop itself
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model

@@ -11,8 +11,9 @@ so later stages load in about a second and never touch the network.
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from transformers import (

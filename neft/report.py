@@ -10,11 +10,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from neft.evaluation import METRICS_BY_KIND  # noqa: E402
-from neft.significance import compare_predictions  # noqa: E402
+from neft.evaluation import METRICS_BY_KIND
+from neft.significance import compare_predictions
 
 COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "peak_memory_mb", "lora_rank")
 # (system, baseline): NeFT against each baseline on the same test segments.
@@ -117,7 +117,7 @@ def plot_neurons_per_layer(mask_summary: dict[str, Any], out: Path) -> None:
     for kind, counts in per_layer.items():
         layers = list(range(len(counts)))
         axis.bar(layers, counts, bottom=bottom, label=f"{kind} neurons")
-        bottom = counts if bottom is None else [a + b for a, b in zip(bottom, counts)]
+        bottom = counts if bottom is None else [a + b for a, b in zip(bottom, counts, strict=True)]
     axis.set_xlabel("layer")
     axis.set_ylabel("selected neurons")
     axis.set_title(f"NeFT mask: {mask_summary['num_neurons']} neurons ({mask_summary['trainable_percent']:.2f} % of parameters)")

@@ -14,8 +14,8 @@ equal. 95 % intervals are the bootstrap percentiles of each system's score.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -97,7 +97,7 @@ def _summarization(references: Sequence[str], baseline: Sequence[str], system: S
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=UnicodeWordTokenizer())
 
     def per_example(predictions: Sequence[str]) -> dict[str, np.ndarray]:
-        scores = [scorer.score(reference, prediction) for reference, prediction in zip(references, predictions)]
+        scores = [scorer.score(reference, prediction) for reference, prediction in zip(references, predictions, strict=True)]
         return {name: 100 * np.array([score[name].fmeasure for score in scores]) for name in ROUGE_TYPES}
 
     base_scores, system_scores = per_example(baseline), per_example(system)

@@ -7,8 +7,8 @@ the assistant part only; generation feeds the prompt with the assistant header a
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase

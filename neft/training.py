@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import resource
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -141,7 +141,7 @@ def train(
         progress.set_description(f"{description}|step {step}|loss {result.losses[-1]:.4f}")
     if best_state is not None:
         with torch.no_grad():
-            for parameter, saved in zip(parameters, best_state):
+            for parameter, saved in zip(parameters, best_state, strict=True):
                 parameter.copy_(saved)
     result.seconds = time.perf_counter() - start
     result.peak_memory_bytes = peak_memory_bytes(device)

@@ -54,13 +54,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import OmegaConf
+
+from neft import use_offline_environment
+from neft.config import ConfigError, compose_params
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import yaml  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from neft.config import ConfigError, compose_params  # noqa: E402
 
 CI_OVERRIDES = ["model=tiny-llama", "task=jsonl"]
 METRICS_FILE = "reports/metrics.json"  # the `metrics:` output of dvc.yaml's report stage
@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = args.override or CI_OVERRIDES
     # dvc and the stages' `python` come from this interpreter's environment (.venv), activated or not.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    for variable in ("DVC_NO_ANALYTICS", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(variable, "1")
+    use_offline_environment()
     try:
         summary = ci_pipeline(ROOT, args.base, overrides)
     except subprocess.CalledProcessError as error:

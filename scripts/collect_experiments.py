@@ -20,10 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from neft.evaluation import METRICS_BY_KIND  # noqa: E402
-from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, plot_budget_curve, seed_summary  # noqa: E402
+from neft.evaluation import METRICS_BY_KIND
+from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, plot_budget_curve, seed_summary
 
 
 def main() -> None:

@@ -25,13 +25,9 @@ from pathlib import Path
 import dvc.api
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from mask_overlap import experiment_commits  # noqa: E402
-
-from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, plot_layer_distribution, quality_table  # noqa: E402
-from neft.masks import mask_from_json  # noqa: E402
+from mask_overlap import experiment_commits
+from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, plot_layer_distribution, quality_table
+from neft.masks import mask_from_json
 
 
 def read_text(path: str, revision: str) -> str:

@@ -7,11 +7,9 @@ Usage: python scripts/compose_params.py [HYDRA_OVERRIDE ...]
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omegaconf import OmegaConf
 
-from omegaconf import OmegaConf  # noqa: E402
-
-from neft.config import compose_params  # noqa: E402
+from neft.config import compose_params
 
 if __name__ == "__main__":
     Path("params.yaml").write_text(OmegaConf.to_yaml(compose_params(sys.argv[1:])), encoding="utf-8")

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import dvc.api
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from neft.analysis import jaccard_matrix  # noqa: E402
-from neft.masks import mask_from_json  # noqa: E402
+from neft.analysis import jaccard_matrix
+from neft.masks import mask_from_json
 
 MASK_PATH = "artifacts/mask/mask.json"
 

@@ -4,8 +4,6 @@ Each module owns its stage's orchestration (params in, artifacts out, atomically
 in the `neft` library. Importing the package makes the run offline before any hub client loads.
 """
 
-import os
+from neft import use_offline_environment
 
-for _variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DVC_NO_ANALYTICS"):
-    os.environ.setdefault(_variable, "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+use_offline_environment()

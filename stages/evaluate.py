@@ -45,7 +45,10 @@ def evaluate(method: str, params: dict[str, Any]) -> dict[str, Any]:
     metrics = task_metrics(task["kind"], predictions, [e.target for e in examples], **task["metric_options"])
     metrics.update(method=method, test_examples=len(examples), generate_seconds=round(seconds, 1))
     with atomic_directory(eval_dir(method)) as scratch:
-        rows = [{"id": e.id, "prompt": e.prompt, "reference": e.target, "prediction": p} for e, p in zip(examples, predictions)]
+        rows = [
+            {"id": e.id, "prompt": e.prompt, "reference": e.target, "prediction": p}
+            for e, p in zip(examples, predictions, strict=True)
+        ]
         pd.DataFrame(rows).to_json(scratch / "predictions.jsonl", orient="records", lines=True, force_ascii=False)
         write_json(scratch / "metrics.json", metrics)
     return metrics

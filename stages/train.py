@@ -8,7 +8,8 @@ which parameters train (`setup_method`) and how the result is saved.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from dvclive import Live
@@ -18,7 +19,15 @@ from neft.config import ConfigError, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
-from neft.methods import METHODS, TrainableModel, full_finetuning, lora_finetuning, lora_parameters_per_rank, lora_rank_for_budget, neft_finetuning
+from neft.methods import (
+    METHODS,
+    TrainableModel,
+    full_finetuning,
+    lora_finetuning,
+    lora_parameters_per_rank,
+    lora_rank_for_budget,
+    neft_finetuning,
+)
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.tokenization import encode_all, evaluation_batches, training_batches
 from neft.training import TrainSettings

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+from neft import OFFLINE_ENVIRONMENT, use_offline_environment
+
+use_offline_environment()  # before anything imports huggingface_hub, which reads it once
 
 from neft.masks import ModelShape, NeuronMask  # noqa: E402
 from neft.models import build_random_llama, byte_level_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY_ARCHITECTURE = {
     "hidden_size": 32,
@@ -65,7 +65,7 @@ def random_batch(vocab_size: int, batch: int = 4, length: int = 12, seed: int = 
 def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run a command with this Python's tools first on PATH; raise with its output if it fails."""
     inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
-    env = {**inherited, "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    env = {**inherited, **OFFLINE_ENVIRONMENT, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

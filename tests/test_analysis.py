@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_batch
-from neft.analysis import delta_rank_groups, descending_ranks, jaccard, jaccard_matrix, layer_mean_hidden_states, neuron_utilisation, trained_flags
+
+from neft.analysis import (
+    delta_rank_groups,
+    descending_ranks,
+    jaccard,
+    jaccard_matrix,
+    layer_mean_hidden_states,
+    neuron_utilisation,
+    trained_flags,
+)
 from neft.masks import ModelShape, NeuronMask
 from neft.neurons import NEURON_KINDS, weight_name
 
@@ -67,4 +75,6 @@ def test_layer_means_ignore_padding(tiny_model):
     batch = random_batch(tiny_model.config.vocab_size, batch=1)
     padded = {key: torch.cat([value, value[:, :3]], dim=1) for key, value in batch.items()}
     padded["attention_mask"][:, -3:] = 0
-    torch.testing.assert_close(layer_mean_hidden_states(tiny_model, [padded]), layer_mean_hidden_states(tiny_model, [batch]), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        layer_mean_hidden_states(tiny_model, [padded]), layer_mean_hidden_states(tiny_model, [batch]), rtol=1e-4, atol=1e-5
+    )

@@ -11,7 +11,10 @@ REFERENCES = [f"the quick brown fox number {i} jumps over the lazy dog" for i in
 
 
 def run(name: str, indices: dict, predictions: list[str] | None, tied: int = 1) -> RunOutputs:
-    frame = None if predictions is None else pd.DataFrame({"id": range(len(predictions)), "reference": REFERENCES, "prediction": predictions})
+    if predictions is None:
+        frame = None
+    else:
+        frame = pd.DataFrame({"id": range(len(predictions)), "reference": REFERENCES, "prediction": predictions})
     mask = NeuronMask(SHAPE, 0.01, indices=indices)
     per_kind = {kind: sum(len(ids) for ids in per_layer.values()) for kind, per_layer in indices.items()}
     return RunOutputs(name, mask, {"tied_at_cutoff": tied, "decided_by_tiebreak": tied - 1, "neurons_per_kind": per_kind},

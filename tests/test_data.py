@@ -2,10 +2,9 @@ import json
 
 import pytest
 
-from neft.data.records import DataError, Example, read_jsonl, write_jsonl
-from neft.data.records import subsample
+from neft.data.records import DataError, Example, read_jsonl, subsample, write_jsonl
 from neft.data.sources import build_splits, drop_test_overlap, pairs_from_parallel_sets, pairs_from_translation_column
-from neft.tokenization import IGNORE_INDEX, encode_for_training, training_batches, encode_all
+from neft.tokenization import IGNORE_INDEX, encode_all, encode_for_training, training_batches
 
 
 def write_lines(path, rows):
@@ -42,7 +41,12 @@ def test_empty_file_is_rejected(tmp_path):
         build_splits(task, seed=0)
 
 
-@pytest.mark.parametrize("line, message", [("{oops", "not valid JSON"), (json.dumps({"source": "x"}), "needs non-empty string fields 'source', 'target'"), (json.dumps({"source": "x", "target": ""}), "needs non-empty"), ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize("line, message", [
+    ("{oops", "not valid JSON"),
+    (json.dumps({"source": "x"}), "needs non-empty string fields 'source', 'target'"),
+    (json.dumps({"source": "x", "target": ""}), "needs non-empty"),
+    ("[1, 2]", "expected a JSON object"),
+])
 def test_malformed_lines_are_rejected_with_their_line_number(tmp_path, line, message):
     task = jsonl_task(tmp_path)
     write_lines(tmp_path / "train.jsonl", [{"source": "a", "target": "b"}, line])
@@ -90,7 +94,7 @@ def test_hub_row_shapes_are_read():
 
 def test_training_labels_cover_the_answer_only(tokenizer):
     encoded = encode_for_training(tokenizer, Example("1", "Translate: hola", "hello"), max_length=512)
-    answer = [t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX]
+    answer = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != IGNORE_INDEX]
     assert tokenizer.decode(answer).startswith("hello<|im_end|>")
     assert encoded.labels[0] == IGNORE_INDEX
 

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import random_batch, random_mask
+
 from neft.delta import NeuronDeltaLinear, apply_delta, attach_deltas, load_delta, merge_deltas, save_delta
 from neft.methods import dense_masked_finetuning, neft_finetuning
 from neft.neurons import NEURON_KINDS, weight_name

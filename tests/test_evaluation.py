@@ -1,5 +1,4 @@
 import pytest
-import torch
 import sacrebleu
 from rouge_score import rouge_scorer
 
@@ -28,7 +27,7 @@ def test_rouge_equals_rouge_score_on_english():
     ours = summarization_metrics(PREDICTIONS, REFERENCES)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=False)
     for name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        expected = 100 * sum(scorer.score(r, p)[name].fmeasure for p, r in zip(PREDICTIONS, REFERENCES)) / len(REFERENCES)
+        expected = 100 * sum(scorer.score(r, p)[name].fmeasure for p, r in zip(PREDICTIONS, REFERENCES, strict=True)) / len(REFERENCES)
         assert ours[name] == pytest.approx(expected), name
 
 
@@ -55,12 +54,13 @@ ANSWERS = {"one": "ant", "three": "cat", "fifteen": "dog", "eleven words": "emu"
 @pytest.fixture(scope="module")
 def answering_model():
     """The tiny model fine-tuned until it answers each of four prompts with its own word."""
+    from conftest import TINY_ARCHITECTURE
+
     from neft.data.records import Example
     from neft.methods import full_finetuning
     from neft.models import build_random_llama, byte_level_tokenizer
     from neft.tokenization import encode_all, training_batches
     from neft.training import TrainSettings, train
-    from conftest import TINY_ARCHITECTURE
 
     tokenizer = byte_level_tokenizer()
     model = build_random_llama(TINY_ARCHITECTURE, vocab_size=len(tokenizer), seed=0)

@@ -13,13 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def revision(name, ratio, seed, strategy, neft_bleu, lora_bleu):
-    params = {"ratio": ratio, "seed": seed, "mask": {"strategy": strategy}, "task": {"name": "bible", "kind": "translation"}, "model": {"name": "m"}}
+    params = {
+        "ratio": ratio, "seed": seed, "mask": {"strategy": strategy},
+        "task": {"name": "bible", "kind": "translation"}, "model": {"name": "m"},
+    }
     metrics = {
         "base": {"trainable_percent": 0.0, "bleu": 1.0},
         "neft": {"trainable_percent": 100 * ratio, "bleu": neft_bleu},
         "lora": {"trainable_percent": 100 * ratio + 0.1, "bleu": lora_bleu},
     }
-    return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}}}
+    data = {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}}
+    return {"rev": name, "name": name, "data": data}
 
 
 def exp_show():
@@ -89,6 +93,8 @@ def test_controls_put_strategies_side_by_side():
 
 def test_collect_script_writes_summary_and_plot(tmp_path):
     (tmp_path / "exp.json").write_text(json.dumps(exp_show()))
-    subprocess.run([sys.executable, str(ROOT / "scripts/collect_experiments.py"), "--input", str(tmp_path / "exp.json"), "--out", str(tmp_path / "out")], check=True, capture_output=True)
+    command = [sys.executable, str(ROOT / "scripts/collect_experiments.py"), "--input", str(tmp_path / "exp.json"),
+               "--out", str(tmp_path / "out")]
+    subprocess.run(command, check=True, capture_output=True)
     assert "Budget curve" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "budget_curve_translation_bleu.png").stat().st_size > 1000

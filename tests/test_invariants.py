@@ -8,9 +8,9 @@ import copy
 
 import pytest
 import torch
+from conftest import random_batch, random_mask
 from torch import nn
 
-from conftest import random_batch, random_mask
 from neft.delta import NeuronDeltaLinear, load_delta
 from neft.methods import dense_masked_finetuning, full_finetuning, load_trained_model, neft_finetuning
 from neft.neurons import NEURON_KINDS, weight_name

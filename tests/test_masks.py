@@ -42,12 +42,12 @@ def test_mask_has_exactly_k_neurons_with_the_largest_changes(ratio, k):
     mask = build_mask(scores, SHAPE, ratio)
     assert mask.num_neurons == k
     selected = selected_set(mask)
-    chosen = [c for l, kd, i, c in scores[["layer", "kind", "index", "change"]].itertuples(index=False) if (kd, l, i) in selected]
-    rest = [c for l, kd, i, c in scores[["layer", "kind", "index", "change"]].itertuples(index=False) if (kd, l, i) not in selected]
+    chosen = [c for layer, kd, i, c in scores[["layer", "kind", "index", "change"]].itertuples(index=False) if (kd, layer, i) in selected]
+    rest = [c for layer, kd, i, c in scores[["layer", "kind", "index", "change"]].itertuples(index=False) if (kd, layer, i) not in selected]
     assert len(rest) == 60 - k > 0
     assert min(chosen) > max(rest)
     expected = scores.nlargest(k, "change")
-    assert selected == {(kd, l, i) for l, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
+    assert selected == {(kd, layer, i) for layer, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
 
 
 def test_ties_are_broken_deterministically_by_position():
@@ -143,7 +143,7 @@ def test_reversed_control_keeps_the_smallest_changes():
     mask = build_mask(scores, SHAPE, 0.03, strategy="reversed")
     assert mask.num_neurons == 30
     expected = scores.nsmallest(30, "change")
-    assert selected_set(mask) == {(kd, l, i) for l, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
+    assert selected_set(mask) == {(kd, layer, i) for layer, kd, i in expected[["layer", "kind", "index"]].itertuples(index=False)}
     assert mask.strategy == "reversed"
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import random_batch, random_mask
+
 from neft.methods import LORA_TARGETS, full_finetuning, load_trained_model, lora_finetuning, lora_parameters_per_rank, lora_rank_for_budget
 from neft.models import count_parameters
 

@@ -77,7 +77,9 @@ def test_mask_is_the_k_most_changed_of_an_independent_float64_recomputation(repo
     assert len(rows) == 512
     expected = {(kind, layer, index) for _, layer, kind, index in sorted(rows, reverse=True)[:85]}
     mask = json.loads((repo / "artifacts/mask/mask.json").read_text())
-    selected = {(kind, int(layer), index) for kind, per_layer in mask["indices"].items() for layer, ids in per_layer.items() for index in ids}
+    selected = {
+        (kind, int(layer), index) for kind, per_layer in mask["indices"].items() for layer, ids in per_layer.items() for index in ids
+    }
     assert mask["num_neurons"] == 85 and selected == expected
     summary = json.loads((repo / "artifacts/mask/summary.json").read_text())
     assert (summary["tied_at_cutoff"], summary["decided_by_tiebreak"]) == (1, 0)
@@ -91,7 +93,8 @@ def test_reported_metrics_equal_sacrebleu_recomputed_from_the_saved_predictions(
     for method in ("base", "full", "neft", "lora"):
         saved = pd.read_json(repo / f"reports/eval/{method}/predictions.jsonl", lines=True, dtype=False)
         references = [list(saved["reference"])]
-        assert metrics[method]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(list(saved["prediction"]), references, tokenize=tokenize).score, abs=1e-4)
+        bleu = sacrebleu.corpus_bleu(list(saved["prediction"]), references, tokenize=tokenize).score
+        assert metrics[method]["bleu"] == pytest.approx(bleu, abs=1e-4)
         assert metrics[method]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(list(saved["prediction"]), references).score, abs=1e-4)
     assert set(metrics["significance"]) == {"neft_vs_lora", "neft_vs_full", "neft_vs_base"}
     assert 0 < metrics["significance"]["neft_vs_lora"]["bleu_p"] <= 1

@@ -41,8 +41,8 @@ def test_systems_of_equal_quality_are_rarely_significant(kind):
     significant = 0
     for _ in range(20):
         swap = rng.random(len(references)) < 0.5
-        one = [b if s else a for a, b, s in zip(first, second, swap)]
-        other = [a if s else b for a, b, s in zip(first, second, swap)]
+        one = [b if s else a for a, b, s in zip(first, second, swap, strict=True)]
+        other = [a if s else b for a, b, s in zip(first, second, swap, strict=True)]
         significant += paired_bootstrap(kind, references, one, other, samples=300)[0].p_value < 0.05
     assert significant <= 4
 

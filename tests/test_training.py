@@ -2,8 +2,8 @@ import copy
 
 import pytest
 import torch
-
 from conftest import random_batch
+
 from neft.data.records import Example
 from neft.methods import full_finetuning, lora_finetuning
 from neft.tokenization import encode_all, training_batches
@@ -23,7 +23,9 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
     assert linear_schedule(0, 10)(10) == 0.0
 
 
-@pytest.mark.parametrize("bad, message", [({"steps": 0}, "steps"), ({"learning_rate": 0}, "learning_rate"), ({"warmup_steps": 5}, "warmup")])
+@pytest.mark.parametrize("bad, message", [
+    ({"steps": 0}, "steps"), ({"learning_rate": 0}, "learning_rate"), ({"warmup_steps": 5}, "warmup"),
+])
 def test_bad_settings_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         TrainSettings(**{"steps": 5, "learning_rate": 1e-3, **bad})

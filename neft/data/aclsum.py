@@ -11,8 +11,9 @@ that aspect's summary.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from neft.data.records import DataError, Example, subsample
 
@@ -72,7 +73,9 @@ def load_aclsum_papers(split: str, sections: Sequence[str] = DOCUMENT_SECTIONS) 
     try:
         corpus = ACLSum(name)
     except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"could not read ACLSum split {name!r} from the installed package ({error}); reinstall it with: {INSTALL_COMMAND}") from None
+        raise DataError(
+            f"could not read ACLSum split {name!r} from the installed package ({error}); reinstall it with: {INSTALL_COMMAND}"
+        ) from None
     papers = [paper_from_document(document, sections) for document in corpus]
     if not papers:
         raise DataError(f"ACLSum split {name!r} is empty; reinstall it with: {INSTALL_COMMAND}")

@@ -11,7 +11,7 @@ import html
 import re
 import shutil
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 from neft.data.records import DataError, Example, subsample
 
@@ -40,7 +40,7 @@ _INLINE_ELEMENTS = frozenset({
     "w", "transChange", "seg", "name", "rdg", "hi", "divineName", "foreign", "reference",
     "catchWord", "abbr", "date", "index", "mentioned", "rdgGroup", "role", "inscription", "a",
 })
-_INLINE_TAG = re.compile(r"</?(?:%s)(?=[\s/>])[^>]*>" % "|".join(sorted(_INLINE_ELEMENTS, key=len, reverse=True)))
+_INLINE_TAG = re.compile(r"</?(?:{})(?=[\s/>])[^>]*>".format("|".join(sorted(_INLINE_ELEMENTS, key=len, reverse=True))))
 # A removed element leaves a word break; these characters already mark one on that side.
 _NO_SPACE_AFTER = frozenset("“‘([{¡¿—–-/")
 _NO_SPACE_BEFORE = frozenset(",.;:!?’”)]}—–-/…")

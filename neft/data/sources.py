@@ -7,8 +7,9 @@ files), `hub_translation` (a hub parallel corpus for training and a hub test set
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from neft.data.records import DataError, Example, json_lines, require_text_fields, subsample
 
@@ -42,7 +43,9 @@ def jsonl_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]
     }
 
 
-def pairs_from_translation_column(rows: Sequence[Mapping[str, Any]], column: str, source_lang: str, target_lang: str) -> list[tuple[str, str]]:
+def pairs_from_translation_column(
+    rows: Sequence[Mapping[str, Any]], column: str, source_lang: str, target_lang: str
+) -> list[tuple[str, str]]:
     """(source, target) from rows shaped like {column: {lang: text}} (OPUS / WMT datasets)."""
     pairs = []
     for row in rows:
@@ -52,7 +55,9 @@ def pairs_from_translation_column(rows: Sequence[Mapping[str, Any]], column: str
     return pairs
 
 
-def pairs_from_parallel_sets(source_rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]], text_field: str, id_field: str) -> list[tuple[str, str, str]]:
+def pairs_from_parallel_sets(
+    source_rows: Sequence[Mapping[str, Any]], target_rows: Sequence[Mapping[str, Any]], text_field: str, id_field: str
+) -> list[tuple[str, str, str]]:
     """(id, source, target) joined by id from two monolingual sets (FLORES-style)."""
     targets = {str(row[id_field]): row[text_field] for row in target_rows}
     return [(str(row[id_field]), row[text_field], targets[str(row[id_field])]) for row in source_rows if str(row[id_field]) in targets]
