@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from bench_training import MB, _resolve_device, _status_kib, _sync, device_description, reset_cpu_peak
+from bench_training import MB, _resolve_device, device_description
+from neft.measure import MemoryWindow, StepTimer
 from neft.neurons import resolve_kinds, score_neurons, weight_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,18 +80,11 @@ def timed_scoring(base_dir: Path, tuned_dir: Path, device: torch.device) -> tupl
     """(seconds, neurons scored, peak extra bytes) of one `score_neurons` pass."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        reset_cpu_peak()
-        before = (_status_kib("VmRSS") or 0) * 1024
-    _sync(device)
-    start = time.perf_counter()
+    window, timer = MemoryWindow.start(device), StepTimer(device)
+    timer.start()
     frame = score_neurons(base_dir, tuned_dir, KINDS, device=str(device))
-    _sync(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else (_status_kib("VmHWM") or 0) * 1024
-    return seconds, len(frame), max(peak - before, 0)
+    seconds = timer.stop()
+    return seconds, len(frame), max(window.peak_bytes() - window.before_bytes, 0)
 
 
 def run(shape_name: str, device: torch.device, dtype: torch.dtype, repeats: int, scratch: Path | None, seed: int) -> dict[str, Any]:

@@ -1,13 +1,14 @@
 """Training-step benchmark: full FT, NeFT by dense gradient masking, NeFT with sparse deltas, LoRA.
 
 All four run on the same model, batch and sequence length, each in its OWN subprocess (so CPU peak
-RSS / GPU peak allocation of one method never mixes with another's), with the training loop's
-optimiser settings (AdamW, weight_decay 0, gradient clipping 1.0 on the trained parameters,
-optional autocast). Per method it measures:
+RSS / GPU peak allocation of one method never mixes with another's), through the library itself:
+`neft.methods.setup_method` makes the model trainable and `neft.training.train` runs the steps
+(AdamW, weight_decay 0, gradient clipping 1.0 on the trained parameters, optional autocast), so what
+is timed is what the pipeline runs. Per method it reports what the loop measures (`neft.measure`):
 
 - median step time after warm-up (forward + backward + clip + AdamW step + zero_grad),
-- peak memory: the process's peak RSS on CPU (whole process, and the training window alone),
-  torch.cuda.max_memory_allocated on GPU,
+- peak memory of the training window (RSS high-water mark reset after set-up on CPU,
+  torch.cuda.max_memory_allocated on GPU): the pipeline's `peak_memory_mb`, the same quantity,
 - optimizer state bytes (sum of the tensors in optimizer.state) and gradient bytes,
 - the saved result on disk, written with the method's own save (full and dense-masked: the whole
   model with save_pretrained; NeFT: the neft delta; LoRA: the peft adapter),
@@ -48,11 +49,9 @@ benchmarks/results/README.md.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -198,71 +197,7 @@ def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int, devi
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def setup_method(method: str, model, mask, model_name: str):
-    from neft.methods import (
-        dense_masked_finetuning,
-        full_finetuning,
-        lora_finetuning,
-        lora_rank_for_budget,
-        neft_finetuning,
-    )
-
-    if method == "full":
-        return full_finetuning(model)
-    if method == "dense_masked":
-        return dense_masked_finetuning(model, mask)
-    if method == "neft":
-        return neft_finetuning(model, mask, {"base_model": model_name, "kinds": ["in", "out"], "benchmark": True})
-    if method == "lora":
-        rank = lora_rank_for_budget(model, mask.trainable_parameters)
-        return lora_finetuning(model, rank, alpha=LORA_ALPHA, dropout=0.0)
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-
-
 # --- memory and sizes ---------------------------------------------------------------------------
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_cpu_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS; False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def process_peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _trim_heap() -> None:
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def tensor_bytes(tensors) -> int:
-    import torch
-
-    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
-
-
-def optimizer_state_bytes(optimizer) -> int:
-    return sum(tensor_bytes(state.values()) for state in optimizer.state.values())
 
 
 def directory_files(path: Path) -> dict[str, int]:
@@ -313,15 +248,14 @@ def _resolve_device(name: str):
     return torch.device(name)
 
 
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One method's steps through the library's own set-up, loop and measurement (`neft.measure`)."""
+    import itertools
+
     import torch
+
+    from neft.methods import LoraSettings, setup_method
+    from neft.training import TrainSettings, train
 
     device = _resolve_device(args.device)
     if args.threads:
@@ -337,52 +271,14 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
         from delta_variants import use_variant
 
         use_variant(args.neft_forward)
-    trainable = setup_method(method, model, mask, args.model)
-    parameters = trainable.parameters
+    trainable = setup_method(method, model, mask=mask, base_model=args.model,
+                             lora=LoraSettings(mask.trainable_parameters, alpha=LORA_ALPHA))
     run_model = torch.compile(trainable.model) if args.compile else trainable.model
     batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len, args.seed, device)
-    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATE, weight_decay=0.0)
-    trainable.model.train()
-
-    _trim_heap()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        memory_before = torch.cuda.memory_allocated(device)
-    else:
-        memory_before = (_status_kib("VmRSS") or 0) * 1024
-    cpu_peak_reset = device.type == "cpu" and reset_cpu_peak()
-
-    grad_bytes = 0
-    losses: list[float] = []
-    times: list[float] = []
-    warmup_times: list[float] = []
-    for step in range(args.warmup + args.steps):
-        _sync(device)
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            loss = run_model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, MAX_GRAD_NORM)
-        optimizer.step()
-        if step == 0:
-            grad_bytes = tensor_bytes(p.grad for p in parameters if p.grad is not None)
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        elapsed = time.perf_counter() - start
-        losses.append(float(loss.detach()))
-        if step >= args.warmup:
-            times.append(elapsed)
-        else:
-            warmup_times.append(elapsed)
-
-    if device.type == "cuda":
-        train_peak = torch.cuda.max_memory_allocated(device)
-        process_peak = train_peak  # reset happened after loading, and training is the larger anyway
-    else:
-        hwm = _status_kib("VmHWM")
-        train_peak = hwm * 1024 if (cpu_peak_reset and hwm) else None
-        process_peak = process_peak_rss_bytes()
-    optimizer_bytes = optimizer_state_bytes(optimizer)
+    settings = TrainSettings(steps=args.warmup + args.steps, learning_rate=LEARNING_RATE, max_grad_norm=MAX_GRAD_NORM,
+                             autocast_dtype=autocast_dtype, keep_best=False)
+    result = train(run_model, trainable.parameters, itertools.repeat(batch), settings, description=method)
+    times, warmup_times = result.step_seconds[args.warmup:], result.step_seconds[:args.warmup]
 
     save_dir = Path(tempfile.mkdtemp(prefix=f"neft-bench-{method}-"))
     try:
@@ -395,7 +291,7 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     median = statistics.median(times)
     tokens = args.batch_size * args.seq_len
-    result: dict[str, Any] = {
+    measured: dict[str, Any] = {
         "method": method,
         "label": LABELS[method],
         "model_source": source,
@@ -414,27 +310,27 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "step_seconds_mean": statistics.fmean(times),
         "tokens_per_step": tokens,
         "tokens_per_second": tokens / median,
-        "losses": losses,
-        "memory_before_train_bytes": memory_before,
-        "peak_memory_bytes": process_peak,
-        "train_peak_memory_bytes": train_peak,
-        "memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process RSS (VmHWM / ru_maxrss)",
-        "optimizer_state_bytes": optimizer_bytes,
-        "gradient_bytes": grad_bytes,
+        "losses": result.losses,
+        "memory_before_train_bytes": result.memory_before_bytes,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_kind": result.memory_kind,
+        "optimizer_state_bytes": result.optimizer_state_bytes,
+        "gradient_bytes": result.gradient_bytes,
         "checkpoint_files": files,
         "checkpoint_bytes": sum(files.values()),
         "save_seconds": save_seconds,
         **trainable.details,
     }
     if method == "neft":
-        result["delta_indices"] = mask.num_neurons
-    return result
+        measured["delta_indices"] = mask.num_neurons
+    return measured
 
 
 def score_worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from neft.masks import ModelShape, build_mask
+    from neft.measure import StepTimer
     from neft.neurons import (
         CheckpointReader,
         iter_neuron_scores,
@@ -465,11 +361,10 @@ def score_worker(args: argparse.Namespace) -> dict[str, Any]:
         tuned_source = "base + 1e-3 * std gaussian noise"
 
     def run_once():
-        _sync(device)
-        start = time.perf_counter()
+        timer = StepTimer(device)
+        timer.start()
         out = list(iter_neuron_scores(base.__getitem__, tuned.__getitem__, num_layers, kinds, device))
-        _sync(device)
-        return time.perf_counter() - start, out
+        return timer.stop(), out
 
     run_once()  # warm-up (first-touch, kernel selection)
     repeats = [run_once()[0] for _ in range(3)]
@@ -553,8 +448,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _growth(result: dict[str, Any]) -> int | None:
     """Memory the training steps added on top of the loaded, set-up model (peak minus before)."""
-    peak = result.get("train_peak_memory_bytes")
-    return None if peak is None else peak - result["memory_before_train_bytes"]
+    return result["peak_memory_bytes"] - result["memory_before_train_bytes"]
 
 
 def summarise(args: argparse.Namespace, methods: dict[str, dict[str, Any]], scoring: dict[str, Any] | None) -> dict[str, Any]:
@@ -577,7 +471,6 @@ def summarise(args: argparse.Namespace, methods: dict[str, dict[str, Any]], scor
         return {
             "step_time": _ratio(a["step_seconds_median"], b["step_seconds_median"]),
             "peak_memory": _ratio(a["peak_memory_bytes"], b["peak_memory_bytes"]),
-            "train_peak_memory": _ratio(a["train_peak_memory_bytes"], b["train_peak_memory_bytes"]),
             "train_memory_growth": _ratio(_growth(a), _growth(b)),
             "optimizer_state": _ratio(a["optimizer_state_bytes"], b["optimizer_state_bytes"]),
             "checkpoint": _ratio(a["checkpoint_bytes"], b["checkpoint_bytes"]),
@@ -604,7 +497,7 @@ def summarise(args: argparse.Namespace, methods: dict[str, dict[str, Any]], scor
     device_type = first.get("device", {}).get("type") if first else None
     big_gpu = device_type == "cuda" and info.get("total_parameters", 0) >= 1e9
     neft_lora, neft_full = ratios["neft_over_lora"], ratios["neft_over_full"]
-    memory_key = "peak_memory" if device_type == "cuda" else "train_peak_memory"
+    memory_key = "peak_memory"
 
     def check(value, limit, applies=True):
         return {"value": value, "limit": limit, "holds": None if value is None or not applies else value <= limit,
@@ -646,7 +539,6 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def tables(summary: dict[str, Any]) -> str:
     methods = {name: r for name, r in summary["methods"].items() if "error" not in r}
-    cpu = (summary.get("device") or {}).get("type") != "cuda"
     model, config, mask = summary["model"], summary["config"], summary.get("mask") or {}
     header = (
         f"model {model['name']} ({model.get('source')}), {model.get('total_parameters', 0):,} params; "
@@ -662,7 +554,7 @@ def tables(summary: dict[str, Any]) -> str:
         header,
         mask_line,
         "",
-        "| method | step s (median) | x full | x LoRA | peak MB | train peak MB | optimizer MB | checkpoint MB "
+        "| method | step s (median) | x full | x LoRA | MB before | peak MB | optimizer MB | checkpoint MB "
         "| trainable params | tokens/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -670,16 +562,16 @@ def tables(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {r['label']} | {r['step_seconds_median']:.4f} | {_fmt(r.get('step_x_full'), '.2f')} | "
             f"{_fmt(r.get('step_x_lora'), '.2f')} | "
-            f"{r['peak_memory_bytes'] / MB:.0f} | {_fmt(r['train_peak_memory_bytes'] and r['train_peak_memory_bytes'] / MB, '.0f')} | "
+            f"{r['memory_before_train_bytes'] / MB:.0f} | {r['peak_memory_bytes'] / MB:.0f} | "
             f"{r['optimizer_state_bytes'] / MB:.1f} | {r['checkpoint_bytes'] / MB:.2f} | {r['trainable_parameters']:,} | "
             f"{r['tokens_per_second']:.0f} |"
         )
     for name, r in summary["methods"].items():
         if "error" in r:
             lines.append(f"| {LABELS[name]} | failed: {r['error']} | | | | | | | | |")
-    if cpu:
-        lines.append("")
-        lines.append("peak MB = whole-process peak RSS (loading included); train peak MB = peak RSS during the training steps only.")
+    kinds = sorted({r["memory_kind"] for r in methods.values()})
+    lines += ["", f"peak MB = {', '.join(kinds)}, as in the pipeline's summaries (neft.measure); MB before = in use when "
+              "the training window opened (model and method set up)."]
     lines += ["", "| method | FLOP floor / token | MFLOP / token | tokens/s | achieved GFLOP/s |", "|---|---|---:|---:|---:|"]
     for name, r in methods.items():
         floor = summary["flop_floor"][name]

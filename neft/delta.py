@@ -12,20 +12,23 @@ deltas into the base weights with one indexed add per matrix; everything unselec
 base value.
 
 On disk a delta is like a PEFT adapter: `neft_delta.safetensors` (indices + values) and
-`neft_config.json`.
+`neft_config.json` (a `NeftConfig`, validated on load). One function, `weight_with_deltas`, adds
+deltas to a weight everywhere: in the forward and backward pass, when merging in memory and when
+merging a loaded file.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from neft.errors import UserError
 from neft.masks import NeuronMask
 from neft.neurons import NEURON_KINDS
 
@@ -41,14 +44,78 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return weight.dtype
 
 
-def _weight_with_deltas(weight, rows, row_delta, columns, column_delta, dtype: torch.dtype) -> torch.Tensor:
-    """A copy of `weight` in `dtype` with the deltas added: selected units summed in fp32, rounded once."""
+class DeltaError(UserError):
+    """A saved delta that is malformed or does not fit the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class NeftConfig:
+    """`neft_config.json`: what a saved delta is and what it was made for (like PEFT's LoraConfig)."""
+
+    base_model: str
+    kinds: tuple[str, ...]
+    num_neurons: int
+    ratio: float
+    d_model: int
+    format: str = DELTA_FORMAT
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.format != DELTA_FORMAT:
+            problems.append(f"format is {self.format!r}, this version reads {DELTA_FORMAT!r}")
+        if not isinstance(self.base_model, str) or not self.base_model:
+            problems.append(f"base_model must be a non-empty string, got {self.base_model!r}")
+        if not self.kinds or any(kind not in NEURON_KINDS for kind in self.kinds):
+            problems.append(f"kinds must be a non-empty subset of {sorted(NEURON_KINDS)}, got {list(self.kinds)!r}")
+        for name in ("num_neurons", "d_model"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio < 1:
+            problems.append(f"ratio must be a number in (0, 1), got {self.ratio!r}")
+        if problems:
+            raise DeltaError(f"invalid {DELTA_CONFIG}: " + "; ".join(problems))
+
+    @classmethod
+    def for_mask(cls, mask: NeuronMask, base_model: str) -> NeftConfig:
+        kinds = tuple(kind for kind in NEURON_KINDS if mask.indices.get(kind))
+        return cls(base_model, kinds, mask.num_neurons, mask.ratio, mask.shape.d_model)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "kinds": list(self.kinds)}
+
+    @classmethod
+    def from_json(cls, data: object, source: str = DELTA_CONFIG) -> NeftConfig:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, dict):
+            raise DeltaError(f"{source}: expected a JSON object with {names}, got {type(data).__name__}")
+        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data and n != "format"]
+        if unknown or missing:
+            raise DeltaError(f"{source}: unknown keys {unknown}, missing keys {missing}; a {DELTA_FORMAT} config has {names}")
+        kinds = data["kinds"]
+        return cls(**{**data, "kinds": tuple(kinds) if isinstance(kinds, list) else kinds})
+
+
+@dataclass
+class NeftDelta:
+    """A loaded delta: its config and {module name: {rows, row_delta, columns, column_delta}}."""
+
+    config: NeftConfig
+    modules: dict[str, dict[str, torch.Tensor]]
+
+
+def weight_with_deltas(weight, rows, row_delta, columns, column_delta, dtype: torch.dtype) -> torch.Tensor:
+    """A copy of `weight` in `dtype` with the deltas added: the selected units are summed in fp32 and
+    rounded once, every other weight is the base weight cast to `dtype`. An element in both a selected
+    row and a selected column gets both deltas."""
     merged = weight.to(dtype, copy=True)
     if rows.numel():
         merged.index_copy_(0, rows, (weight.index_select(0, rows).float() + row_delta.float()).to(dtype))
     if columns.numel():
-        # Reads `merged`, so an element in both a selected row and a selected column keeps both deltas.
-        merged.index_copy_(1, columns, (merged.index_select(1, columns).float() + column_delta.float()).to(dtype))
+        selected = weight.index_select(1, columns).float()
+        if rows.numel():
+            selected.index_add_(0, rows, row_delta.float().index_select(1, columns))
+        merged.index_copy_(1, columns, (selected + column_delta.float()).to(dtype))
     return merged
 
 
@@ -59,7 +126,7 @@ class _NeuronDeltaMatmul(torch.autograd.Function):
     def forward(ctx, x, weight, rows, row_delta, columns, column_delta, dtype):
         with torch.autocast(x.device.type, enabled=False):
             x_c = x.to(dtype)
-            y = F.linear(x_c, _weight_with_deltas(weight, rows, row_delta, columns, column_delta, dtype))
+            y = F.linear(x_c, weight_with_deltas(weight, rows, row_delta, columns, column_delta, dtype))
         ctx.dtype, ctx.x_dtype = dtype, x.dtype
         # Keep only the input the delta gradients need: all of x for rows, the selected columns of x
         # otherwise (a matrix with only column neurons, like down_proj, keeps k of its d_ff inputs).
@@ -75,7 +142,7 @@ class _NeuronDeltaMatmul(torch.autograd.Function):
         with torch.autocast(grad_y.device.type, enabled=False):
             grad_y = grad_y.to(ctx.dtype)
             if ctx.needs_input_grad[0]:
-                merged = _weight_with_deltas(weight, rows, row_delta, columns, column_delta, ctx.dtype)
+                merged = weight_with_deltas(weight, rows, row_delta, columns, column_delta, ctx.dtype)
                 grad_x = (grad_y @ merged).to(ctx.x_dtype)
             grad_2d, x_2d = grad_y.reshape(-1, grad_y.shape[-1]), kept_x.reshape(-1, kept_x.shape[-1])
             if ctx.needs_input_grad[3]:
@@ -110,11 +177,9 @@ class NeuronDeltaLinear(nn.Module):
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
-        """The base weight with the deltas written in; computed in fp32, returned in the base dtype."""
-        weight = self.base.weight.float().clone()
-        weight.index_add_(0, self.rows, self.row_delta.float())
-        weight.index_add_(1, self.columns, self.column_delta.float())
-        return weight.to(self.base.weight.dtype)
+        """The base weight with the deltas written in, in the base dtype."""
+        weight = self.base.weight
+        return weight_with_deltas(weight, self.rows, self.row_delta, self.columns, self.column_delta, weight.dtype)
 
 
 def _selected_units(mask: NeuronMask, layer: int, module_suffix: str) -> tuple[list[int], list[int]]:
@@ -166,43 +231,62 @@ def delta_tensors(wrappers: dict[str, NeuronDeltaLinear]) -> dict[str, torch.Ten
     return tensors
 
 
-def save_delta(wrappers: dict[str, NeuronDeltaLinear], out_dir: Path, metadata: dict[str, Any]) -> None:
+def save_delta(wrappers: dict[str, NeuronDeltaLinear], out_dir: Path, config: NeftConfig) -> None:
+    saved_neurons = sum(len(wrapper.rows) + len(wrapper.columns) for wrapper in wrappers.values())
+    if saved_neurons != config.num_neurons:
+        raise ValueError(f"the wrappers hold {saved_neurons} neurons, the config says {config.num_neurons}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(delta_tensors(wrappers), out_dir / DELTA_WEIGHTS)
-    (out_dir / DELTA_CONFIG).write_text(json.dumps({"format": DELTA_FORMAT, **metadata}, indent=2))
+    (out_dir / DELTA_CONFIG).write_text(json.dumps(config.to_json(), indent=2))
 
 
-def load_delta(delta_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """{module name: {rows, row_delta, columns, column_delta}} from a saved delta."""
+def load_delta(delta_dir: Path) -> NeftDelta:
+    """A saved delta, its config validated and its tensors checked against the config."""
     delta_dir = Path(delta_dir)
-    config = json.loads((delta_dir / DELTA_CONFIG).read_text())
-    if config.get("format") != DELTA_FORMAT:
-        raise ValueError(f"{delta_dir}: not a {DELTA_FORMAT} delta")
+    config_file, weights_file = delta_dir / DELTA_CONFIG, delta_dir / DELTA_WEIGHTS
+    for path in (config_file, weights_file):
+        if not path.is_file():
+            raise DeltaError(f"{delta_dir} is not a NeFT delta: {path.name} is missing (train one with `dvc repro train_neft`)")
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DeltaError(f"{config_file}: not valid JSON ({error})") from None
+    config = NeftConfig.from_json(data, str(config_file))
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(delta_dir / DELTA_WEIGHTS).items():
+    for key, tensor in load_file(weights_file).items():
         name, _, part = key.rpartition(".")
         modules.setdefault(name, {})[part] = tensor
-    return modules
+    neurons = 0
+    for name, parts in modules.items():
+        if set(parts) != {"rows", "row_delta", "columns", "column_delta"}:
+            raise DeltaError(f"{weights_file}: module {name} has tensors {sorted(parts)}, needs rows, row_delta, columns, column_delta")
+        rows, columns = len(parts["rows"]), len(parts["columns"])
+        if parts["row_delta"].shape[0] != rows or parts["column_delta"].shape[1] != columns:
+            raise DeltaError(f"{weights_file}: module {name} has {rows} rows and {columns} columns but deltas of shape "
+                             f"{tuple(parts['row_delta'].shape)} and {tuple(parts['column_delta'].shape)}")
+        neurons += rows + columns
+    if neurons != config.num_neurons:
+        raise DeltaError(f"{weights_file} holds {neurons} neurons, its {DELTA_CONFIG} says num_neurons {config.num_neurons}")
+    return NeftDelta(config, modules)
 
 
 @torch.no_grad()
-def apply_delta(model: nn.Module, modules: dict[str, dict[str, torch.Tensor]]) -> nn.Module:
+def apply_delta(model: nn.Module, delta: NeftDelta) -> nn.Module:
     """Merge a loaded delta into a plain model in place (the adapter's `merge_and_unload`)."""
-    for name, parts in modules.items():
+    for name, parts in delta.modules.items():
         try:
             linear = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"delta names module {name!r}, which the model does not have") from None
+            raise DeltaError(f"the delta names module {name!r}, which the model does not have: it was made for "
+                             f"{delta.config.base_model!r}") from None
         weight = linear.weight
         rows, columns = parts["rows"].to(weight.device), parts["columns"].to(weight.device)
         expected = {"row_delta": (len(rows), weight.shape[1]), "column_delta": (weight.shape[0], len(columns))}
         for part, shape in expected.items():
             if tuple(parts[part].shape) != shape:
-                raise ValueError(f"delta {name}.{part} has shape {tuple(parts[part].shape)}, model needs {shape}")
-        merged = weight.float()
-        merged.index_add_(0, rows, parts["row_delta"].to(weight.device))
-        merged.index_add_(1, columns, parts["column_delta"].to(weight.device))
-        weight.copy_(merged.to(weight.dtype))
+                raise DeltaError(f"delta {name}.{part} has shape {tuple(parts[part].shape)}, the model needs {shape}: it was "
+                                 f"made for {delta.config.base_model!r}")
+        weight.copy_(weight_with_deltas(weight, rows, parts["row_delta"].to(weight.device), columns,
+                                        parts["column_delta"].to(weight.device), weight.dtype))
     return model
-

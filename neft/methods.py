@@ -13,13 +13,17 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from neft.delta import apply_delta, attach_deltas, load_delta, save_delta
+from neft.delta import NeftConfig, apply_delta, attach_deltas, load_delta, save_delta
 from neft.masks import NeuronMask
 from neft.models import load_model
 from neft.neurons import NEURON_KINDS, weight_name
 
 METHODS = ("full", "neft", "lora")
 EVAL_METHODS = ("base", *METHODS)
+# What `setup_method` knows: the pipeline's training runs, plus the reference implementation's dense
+# gradient masking, which the benchmark compares against and the pipeline never uses.
+TRAINING_RUNS = ("probe", *METHODS)
+SETUPS = (*TRAINING_RUNS, "dense_masked")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -42,13 +46,13 @@ def full_finetuning(model: nn.Module) -> TrainableModel:
     return TrainableModel(model, [p for p in model.parameters()], save=lambda out: model.save_pretrained(out))
 
 
-def neft_finetuning(model: nn.Module, mask: NeuronMask, metadata: dict[str, Any]) -> TrainableModel:
+def neft_finetuning(model: nn.Module, mask: NeuronMask, base_model: str) -> TrainableModel:
     wrappers = attach_deltas(model, mask)
     parameters = [p for wrapper in wrappers.values() for p in (wrapper.row_delta, wrapper.column_delta) if p.numel()]
-    info = {**metadata, "num_neurons": mask.num_neurons, "ratio": mask.ratio}
+    config = NeftConfig.for_mask(mask, base_model)
 
     def save(out_dir: Path) -> None:
-        save_delta(wrappers, out_dir, info)
+        save_delta(wrappers, out_dir, config)
 
     return TrainableModel(model, parameters, save, details={"num_neurons": mask.num_neurons})
 
@@ -72,6 +76,45 @@ def lora_finetuning(model: nn.Module, rank: int, alpha: float, dropout: float = 
     peft_model = get_peft_model(model, config)
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
     return TrainableModel(peft_model, parameters, save=lambda out: peft_model.save_pretrained(out), details={"lora_rank": rank})
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA at a matched budget: the rank is the one whose trainable count is closest to `budget`."""
+
+    budget: int
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+
+def setup_method(
+    method: str,
+    model: nn.Module,
+    *,
+    mask: NeuronMask | None = None,
+    base_model: str = "",
+    lora: LoraSettings | None = None,
+) -> TrainableModel:
+    """Make `model` trainable the way `method` wants; the training loop afterwards is the same for all.
+
+    probe, full: every parameter. neft: the mask's neurons, as deltas (needs `mask`; `base_model` is
+    recorded in the saved config). lora: adapters on every linear projection at the rank matching
+    `lora.budget`. dense_masked: the mask's neurons by zeroing gradients (a reference, not a method).
+    """
+    if method in ("probe", "full"):
+        return full_finetuning(model)
+    if method in ("neft", "dense_masked"):
+        if mask is None:
+            raise ValueError(f"method {method!r} needs a mask")
+        return neft_finetuning(model, mask, base_model) if method == "neft" else dense_masked_finetuning(model, mask)
+    if method == "lora":
+        if lora is None:
+            raise ValueError("method 'lora' needs LoraSettings")
+        per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
+        trainable = lora_finetuning(model, lora_rank_for_budget(model, lora.budget), lora.alpha, lora.dropout)
+        trainable.details.update(neft_budget=lora.budget, parameters_per_rank=per_rank)
+        return trainable
+    raise ValueError(f"unknown method {method!r}; choose one of {SETUPS}")
 
 
 def dense_masked_finetuning(model: nn.Module, mask: NeuronMask) -> TrainableModel:

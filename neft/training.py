@@ -3,13 +3,14 @@ the parameters they hand it (see `neft.methods`).
 
 AdamW with linear decay (optional warmup), gradient clipping on the trained parameters, optional
 bf16 autocast, validation loss every `eval_every` steps, and the best step's parameters restored
-at the end (the paper keeps the checkpoint with the lowest validation loss).
+at the end (the paper keeps the checkpoint with the lowest validation loss). Step times, the
+training window's peak memory and the optimizer-state bytes come from `neft.measure`, as in the
+benchmark.
 """
 
 from __future__ import annotations
 
 import math
-import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from neft.measure import MemoryWindow, StepTimer, gradient_bytes, optimizer_state_bytes
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,14 @@ class TrainResult:
     valid_losses: list[tuple[int, float]] = field(default_factory=list)
     best_step: int = 0
     best_valid_loss: float = math.inf
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run, validation included
+    step_seconds: list[float] = field(default_factory=list)  # each optimisation step alone
     train_tokens: int = 0
-    peak_memory_bytes: int = 0
+    peak_memory_bytes: int = 0  # of the training window: set-up and loading excluded (neft.measure)
+    memory_before_bytes: int = 0  # in use when the window opened (model and method set up)
+    memory_kind: str = ""
+    optimizer_state_bytes: int = 0
+    gradient_bytes: int = 0
 
 
 def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -59,13 +67,6 @@ def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], floa
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return multiplier
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Max allocated on GPU; peak resident set of the process on CPU (whole process lifetime)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -106,6 +107,8 @@ def train(
     if not parameters:
         raise ValueError("no trainable parameters")
     device = model_device(model)
+    window = MemoryWindow.start(device)
+    timer = StepTimer(device)
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(settings.warmup_steps, settings.steps))
     result = TrainResult()
@@ -115,13 +118,17 @@ def train(
     progress = tqdm(range(1, settings.steps + 1), desc=description, disable=None, dynamic_ncols=True)
     for step in progress:
         batch = next(batches)
+        timer.start()
         loss = _batch_loss(model, batch, settings.autocast_dtype)
         loss.backward()
+        if step == 1:
+            result.gradient_bytes = gradient_bytes(parameters)
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        timer.stop()
         result.losses.append(float(loss.detach()))
         result.train_tokens += int(batch["attention_mask"].sum())
         logged = {"loss": result.losses[-1], "learning_rate": scheduler.get_last_lr()[0]}
@@ -144,5 +151,9 @@ def train(
             for parameter, saved in zip(parameters, best_state, strict=True):
                 parameter.copy_(saved)
     result.seconds = time.perf_counter() - start
-    result.peak_memory_bytes = peak_memory_bytes(device)
+    result.step_seconds = timer.seconds
+    result.peak_memory_bytes = window.peak_bytes()
+    result.memory_before_bytes = window.before_bytes
+    result.memory_kind = window.kind
+    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     return result

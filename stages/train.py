@@ -3,11 +3,12 @@
 Usage: python -m stages.train RUN         (RUN in probe, full, neft, lora)
 Writes artifacts/probe or artifacts/train/RUN (weights, delta or adapter) and reports/train/RUN
 (dvclive step logs and summary.json). The loop is the library's one `train`; runs differ only in
-which parameters train (`setup_method`) and how the result is saved.
+which parameters train (`neft.methods.setup_method`) and how the result is saved.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -19,41 +20,24 @@ from neft.config import ConfigError, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
-from neft.methods import (
-    METHODS,
-    TrainableModel,
-    full_finetuning,
-    lora_finetuning,
-    lora_parameters_per_rank,
-    lora_rank_for_budget,
-    neft_finetuning,
-)
+from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.tokenization import encode_all, evaluation_batches, training_batches
 from neft.training import TrainSettings
 from neft.training import train as train_loop
 from stages._common import run_stage
 
-TRAINING_RUNS = ("probe", *METHODS)
 
-
-def setup_method(run: str, model: torch.nn.Module, params: dict[str, Any]) -> TrainableModel:
-    """Make `model` trainable the way `run` wants; the loop afterwards is the same for all."""
-    if run in ("probe", "full"):
-        return full_finetuning(model)
+def setup_run(run: str, model: torch.nn.Module, params: dict[str, Any]) -> TrainableModel:
+    """The library's method set-up, with this pipeline's mask and budget."""
     if run == "neft":
         mask = load_mask(MASK_FILE)
         validate_mask(mask, ModelShape.of(model))
-        return neft_finetuning(model, mask, {"base_model": params["model"]["name"], "kinds": params["mask"]["kinds"]})
+        return setup_method(run, model, mask=mask, base_model=params["model"]["name"])
     if run == "lora":
-        budget = read_budget()
-        rank = lora_rank_for_budget(model, budget)
-        per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
         lora = params["methods"]["lora"]
-        trainable = lora_finetuning(model, rank, lora["alpha"], lora["dropout"])
-        trainable.details.update(neft_budget=budget, parameters_per_rank=per_rank)
-        return trainable
-    raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
+        return setup_method(run, model, lora=LoraSettings(read_budget(), lora["alpha"], lora["dropout"]))
+    return setup_method(run, model)
 
 
 def train_settings(params: dict[str, Any], learning_rate: float, steps: int | None = None) -> TrainSettings:
@@ -101,7 +85,7 @@ def train(run: str, params: dict[str, Any]) -> dict[str, Any]:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     total = count_parameters(model)  # before adapters or deltas add their own
-    trainable = setup_method(run, model, params)
+    trainable = setup_run(run, model, params)
     log_dir = train_log_dir(run)
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
         result = train_loop(
@@ -125,7 +109,10 @@ def train(run: str, params: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": round(result.seconds, 2),
         "seconds_per_step": round(result.seconds / steps, 4),
         "train_tokens": result.train_tokens,
+        "step_seconds_median": round(statistics.median(result.step_seconds), 4),
         "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
+        "peak_memory_kind": result.memory_kind,
+        "optimizer_state_mb": round(result.optimizer_state_bytes / 2**20, 1),
         "first_loss": result.losses[0],
         "final_loss": result.losses[-1],
         "best_step": result.best_step,

@@ -1,12 +1,24 @@
 """NeFT's sparse deltas: exact freezing, same optimisation as dense gradient masking, file round trip."""
 
 import copy
+import json
 
 import pytest
 import torch
 from conftest import random_batch, random_mask
 
-from neft.delta import NeuronDeltaLinear, apply_delta, attach_deltas, load_delta, merge_deltas, save_delta
+from neft.delta import (
+    DELTA_CONFIG,
+    DeltaError,
+    NeftConfig,
+    NeuronDeltaLinear,
+    apply_delta,
+    attach_deltas,
+    load_delta,
+    merge_deltas,
+    save_delta,
+    weight_with_deltas,
+)
 from neft.methods import dense_masked_finetuning, neft_finetuning
 from neft.neurons import NEURON_KINDS, weight_name
 from neft.training import TrainSettings, train
@@ -65,7 +77,7 @@ def test_delta_training_matches_dense_gradient_masking(tiny_model):
     mask = random_mask(tiny_model, per_matrix=6)
     batch = random_batch(tiny_model.config.vocab_size, seed=3)
     dense_losses = run_steps(dense_masked_finetuning(copy.deepcopy(tiny_model), mask), batch)
-    delta_losses = run_steps(neft_finetuning(copy.deepcopy(tiny_model), mask, {}), batch)
+    delta_losses = run_steps(neft_finetuning(copy.deepcopy(tiny_model), mask, "tiny"), batch)
     assert dense_losses[0] == pytest.approx(delta_losses[0], abs=1e-6)
     assert dense_losses[-1] < dense_losses[0]
     torch.testing.assert_close(torch.tensor(delta_losses), torch.tensor(dense_losses), rtol=1e-4, atol=1e-5)
@@ -73,7 +85,7 @@ def test_delta_training_matches_dense_gradient_masking(tiny_model):
 
 def test_delta_trains_only_k_times_d_model_parameters(tiny_model):
     mask = random_mask(tiny_model, per_matrix=5)
-    trainable = neft_finetuning(tiny_model, mask, {})
+    trainable = neft_finetuning(tiny_model, mask, "tiny")
     assert trainable.trainable_parameters == mask.num_neurons * tiny_model.config.hidden_size
     assert not any(p.requires_grad for name, p in tiny_model.named_parameters() if "delta" not in name)
 
@@ -86,7 +98,7 @@ def test_delta_save_load_merge_round_trips(tiny_model, tmp_path):
         for wrapper in wrappers.values():
             wrapper.row_delta.normal_()
             wrapper.column_delta.normal_()
-    save_delta(wrappers, tmp_path / "delta", {"note": "test"})
+    save_delta(wrappers, tmp_path / "delta", NeftConfig.for_mask(mask, "tiny"))
     merged_in_memory = merge_deltas(tiny_model, wrappers).state_dict()
     merged_from_file = apply_delta(untouched, load_delta(tmp_path / "delta")).state_dict()
     for name, tensor in merged_in_memory.items():
@@ -96,17 +108,72 @@ def test_delta_save_load_merge_round_trips(tiny_model, tmp_path):
 
 def test_delta_file_holds_values_and_indices_only(tiny_model, tmp_path):
     mask = random_mask(tiny_model, per_matrix=4)
-    save_delta(attach_deltas(tiny_model, mask), tmp_path / "delta", {})
+    save_delta(attach_deltas(tiny_model, mask), tmp_path / "delta", NeftConfig.for_mask(mask, "tiny"))
     size = (tmp_path / "delta" / "neft_delta.safetensors").stat().st_size
     values = mask.num_neurons * tiny_model.config.hidden_size * 4
     indices = mask.num_neurons * 8
     assert values + indices <= size <= 1.05 * values + indices + 4096  # + safetensors header
 
 
+def save_random_delta(model, out_dir):
+    mask = random_mask(model, per_matrix=4)
+    save_delta(attach_deltas(copy.deepcopy(model), mask), out_dir, NeftConfig.for_mask(mask, "tiny"))
+    return mask
+
+
 def test_delta_for_another_model_is_rejected(tiny_model, tmp_path):
-    save_delta(attach_deltas(copy.deepcopy(tiny_model), random_mask(tiny_model, per_matrix=4)), tmp_path / "delta", {})
-    modules = load_delta(tmp_path / "delta")
-    name = next(iter(modules))
-    modules[name]["row_delta"] = modules[name]["row_delta"][:, :-1]
-    with pytest.raises(ValueError, match="model needs"):
-        apply_delta(tiny_model, modules)
+    save_random_delta(tiny_model, tmp_path / "delta")
+    delta = load_delta(tmp_path / "delta")
+    name = next(iter(delta.modules))
+    delta.modules[name]["row_delta"] = delta.modules[name]["row_delta"][:, :-1]
+    with pytest.raises(DeltaError, match="the model needs .* made for 'tiny'"):
+        apply_delta(tiny_model, delta)
+
+
+def test_saved_config_round_trips_and_records_the_mask(tiny_model, tmp_path):
+    mask = save_random_delta(tiny_model, tmp_path / "delta")
+    config = load_delta(tmp_path / "delta").config
+    assert config == NeftConfig("tiny", ("in", "out"), mask.num_neurons, mask.ratio, tiny_model.config.hidden_size)
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"format": "neft-delta/v0"}, "format is 'neft-delta/v0'"),
+    ({"kinds": ["in", "sideways"]}, "kinds must be a non-empty subset"),
+    ({"num_neurons": "12"}, "num_neurons must be an integer"),
+    ({"ratio": 1.5}, "ratio must be a number in \\(0, 1\\)"),
+    ({"d_model": 0}, "d_model must be an integer"),
+    ({"surprise": 1}, "unknown keys \\['surprise'\\]"),
+    ({"base_model": None, "ratio": 0}, "base_model must be .*; ratio must be"),  # every problem at once
+])
+def test_malformed_config_is_rejected_on_load(tiny_model, tmp_path, edit, message):
+    save_random_delta(tiny_model, tmp_path / "delta")
+    path = tmp_path / "delta" / DELTA_CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(DeltaError, match=message):
+        load_delta(tmp_path / "delta")
+
+
+def test_config_that_disagrees_with_the_tensors_is_rejected(tiny_model, tmp_path):
+    mask = save_random_delta(tiny_model, tmp_path / "delta")
+    path = tmp_path / "delta" / DELTA_CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), "num_neurons": mask.num_neurons + 1}))
+    with pytest.raises(DeltaError, match=f"holds {mask.num_neurons} neurons"):
+        load_delta(tmp_path / "delta")
+
+
+def test_a_directory_without_a_delta_is_rejected(tmp_path):
+    with pytest.raises(DeltaError, match="neft_config.json is missing"):
+        load_delta(tmp_path)
+
+
+def test_weight_with_deltas_rounds_each_selected_weight_once_in_bf16():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 5, generator=generator).bfloat16()
+    rows, columns = torch.tensor([1, 4]), torch.tensor([0, 3])
+    row_delta, column_delta = 1e-2 * torch.randn(2, 5, generator=generator), 1e-2 * torch.randn(6, 2, generator=generator)
+    expected = weight.float()
+    expected[rows] += row_delta
+    expected[:, columns] += column_delta  # the intersections get both deltas
+    merged = weight_with_deltas(weight, rows, row_delta, columns, column_delta, torch.bfloat16)
+    assert merged.dtype == torch.bfloat16
+    assert torch.equal(merged, expected.bfloat16())

@@ -43,7 +43,7 @@ def test_saved_neft_changes_exactly_the_masks_rows_and_columns(tiny_model, tmp_p
     tiny_model.save_pretrained(tmp_path / "base")
     base_state = {name: tensor.clone() for name, tensor in tiny_model.state_dict().items()}
     mask = random_mask(tiny_model, per_matrix=5)
-    trainable = neft_finetuning(tiny_model, mask, {})
+    trainable = neft_finetuning(tiny_model, mask, "tiny")
     train(trainable.model, trainable.parameters, batches(tiny_model.config.vocab_size), settings(autocast))
     trainable.save(tmp_path / "neft")
 
@@ -51,7 +51,7 @@ def test_saved_neft_changes_exactly_the_masks_rows_and_columns(tiny_model, tmp_p
     for kind in (NEURON_KINDS["in"], NEURON_KINDS["out"]):
         for layer in range(mask.shape.num_layers):
             part = "rows" if kind.axis == 0 else "columns"
-            assert saved[f"model.layers.{layer}.{kind.module}"][part].tolist() == mask.layer_indices(kind.name, layer)
+            assert saved.modules[f"model.layers.{layer}.{kind.module}"][part].tolist() == mask.layer_indices(kind.name, layer)
 
     loaded = load_trained_model("neft", tmp_path / "base", tmp_path / "neft").state_dict()
     assert set(loaded) == set(base_state)
@@ -83,7 +83,7 @@ STEP_TOLERANCE = {None: (1e-6, 1e-7), torch.bfloat16: (2e-3, 2e-5)}  # (max, mea
 def test_sparse_deltas_and_dense_masking_give_the_same_weights_with_clipping(tiny_model, autocast):
     mask = random_mask(tiny_model, per_matrix=6)
     dense = dense_masked_finetuning(copy.deepcopy(tiny_model), mask)
-    sparse = neft_finetuning(copy.deepcopy(tiny_model), mask, {})
+    sparse = neft_finetuning(copy.deepcopy(tiny_model), mask, "tiny")
     dense_losses = train(dense.model, dense.parameters, batches(tiny_model.config.vocab_size), settings(autocast)).losses
     sparse_losses = train(sparse.model, sparse.parameters, batches(tiny_model.config.vocab_size), settings(autocast)).losses
     torch.testing.assert_close(torch.tensor(sparse_losses), torch.tensor(dense_losses), rtol=1e-3 if autocast else 1e-5, atol=0)
@@ -157,7 +157,7 @@ def test_evaluation_loads_the_trained_weights_not_the_base(tiny_model, tmp_path,
     with torch.no_grad():
         base_logits = tiny_model(**batch).logits
     model = copy.deepcopy(tiny_model)
-    trainable = full_finetuning(model) if method == "full" else neft_finetuning(model, random_mask(model, per_matrix=5), {})
+    trainable = full_finetuning(model) if method == "full" else neft_finetuning(model, random_mask(model, per_matrix=5), "tiny")
     train(trainable.model, trainable.parameters, batches(tiny_model.config.vocab_size), settings(autocast))
     trainable.model.eval()
     with torch.no_grad():

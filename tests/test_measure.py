@@ -1,0 +1,45 @@
+"""neft.measure: the training window's peak memory excludes set-up, and byte counts are exact."""
+
+import sys
+
+import pytest
+import torch
+from conftest import random_batch
+
+from neft.measure import CPU_WINDOW_PEAK, MemoryWindow, StepTimer
+from neft.methods import full_finetuning
+from neft.training import TrainSettings, train
+
+MB = 2**20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the RSS high-water-mark reset is Linux's /proc/self/clear_refs")
+def test_cpu_window_excludes_what_came_before_and_sees_what_happens_inside():
+    before_the_window = torch.ones(256 * MB // 4)  # 256 MB, touched
+    del before_the_window
+    window = MemoryWindow.start(torch.device("cpu"))
+    assert window.kind == CPU_WINDOW_PEAK
+    assert window.peak_bytes() < window.before_bytes + 64 * MB
+    inside = torch.ones(128 * MB // 4)
+    assert window.peak_bytes() >= window.before_bytes + 120 * MB
+    del inside
+
+
+def test_step_timer_keeps_one_duration_per_step():
+    timer = StepTimer(torch.device("cpu"))
+    for _ in range(3):
+        timer.start()
+        torch.ones(1000).sum()
+        assert timer.stop() >= 0
+    assert len(timer.seconds) == 3
+
+
+def test_training_reports_exact_optimizer_and_gradient_bytes_and_a_step_time_per_step(tiny_model):
+    trainable = full_finetuning(tiny_model)
+    batch = random_batch(tiny_model.config.vocab_size)
+    result = train(trainable.model, trainable.parameters, iter([batch] * 3), TrainSettings(steps=3, learning_rate=1e-3))
+    numbers, tensors = trainable.trainable_parameters, len(trainable.parameters)
+    assert result.gradient_bytes == 4 * numbers  # fp32 gradients of every trained number
+    assert result.optimizer_state_bytes == 2 * 4 * numbers + 4 * tensors  # AdamW: two fp32 moments, a step scalar per tensor
+    assert len(result.step_seconds) == 3 and sum(result.step_seconds) <= result.seconds
+    assert result.peak_memory_bytes >= result.memory_before_bytes > 0
