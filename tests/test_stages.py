@@ -1,6 +1,7 @@
 """Every stage function in-process, on the tiny model and the example JSONL task, in a temporary
 project directory: what each writes, that a second run with the same seed writes the same bytes,
-and that a user error stops the stage before it writes anything."""
+that a user error stops the stage before it writes anything, and that dvc.yaml's `params` of each
+stage are exactly the keys the stage reads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_dependencies import STAGES
 
 from neft.config import compose_params
 from neft.errors import UserError
@@ -38,30 +40,78 @@ def inside(directory: Path):
         os.chdir(previous)
 
 
+class RecordedParams(dict):
+    """params that note every key path a stage reads into `reads`: a leaf when it is read, a whole
+    section when it is iterated or copied."""
+
+    def __init__(self, data: dict, reads: set[str], path: str = ""):
+        super().__init__(data)
+        self.reads, self.path = reads, path
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if isinstance(value, dict):
+            return RecordedParams(value, self.reads, self._key(key))
+        self.reads.add(self._key(key))
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def _whole(self):
+        self.reads.add(self.path)
+
+    def __iter__(self):
+        self._whole()
+        return super().__iter__()
+
+    def keys(self):
+        self._whole()
+        return super().keys()
+
+    def items(self):
+        self._whole()
+        return super().items()
+
+    def values(self):
+        self._whole()
+        return super().values()
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, dict]:
-    """A project directory after every stage ran once, in dvc.yaml's order, and its params."""
+def project(tmp_path_factory) -> tuple[Path, dict, dict[str, set[str]]]:
+    """A project directory after every stage ran once, in dvc.yaml's order, its params, and the
+    params keys each dvc.yaml stage read."""
     directory = tmp_path_factory.mktemp("stages")
     shutil.copytree(ROOT / "data/custom", directory / "data/custom")
     params = compose_params(TINY)
+    reads: dict[str, set[str]] = {}
+
+    def recorded(stage: str) -> RecordedParams:
+        return RecordedParams(params, reads.setdefault(stage, set()))
+
     with inside(directory):
-        prepare_data(params)
-        prepare_model(params)
-        train("probe", params)
-        score(params)
-        mask(params)
+        prepare_data(recorded("prepare_data"))
+        prepare_model(recorded("prepare_model"))
+        train("probe", recorded("probe"))
+        score(recorded("score"))
+        mask(recorded("mask"))
         for method in ("full", "neft", "lora"):
-            train(method, params)
-        for method in ("base", "full", "neft", "lora"):
-            evaluate(method, params)
-        analyze(params)
-        report(params)
-    return directory, params
+            train(method, recorded(f"train_{method}"))
+        evaluate("base", recorded("evaluate_base"))
+        for method in ("full", "neft", "lora"):
+            evaluate(method, recorded(f"evaluate@{method}"))
+        analyze(recorded("analyze"))
+        report(recorded("report"))
+    return directory, params, reads
 
 
 @pytest.fixture
 def workspace(project):
-    directory, params = project
+    directory, params, _ = project
     with inside(directory):
         yield params
 
@@ -142,3 +192,19 @@ def test_a_user_error_stops_a_stage_before_it_writes(workspace):
     with pytest.raises(UserError, match="unknown training run 'prefix'"):
         train("prefix", workspace)
     assert Path("artifacts/mask/mask.json").read_bytes() == before
+
+
+def covers(declared: str, read: str) -> bool:
+    return read == declared or read.startswith(declared + ".")
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_params_are_exactly_the_keys_it_reads(project, stage):
+    """A key read but not listed leaves the stage stale when it changes; one listed but not read
+    reruns the stage for nothing. A listed section covers the keys under it."""
+    _, _, reads = project
+    declared = STAGES[stage].get("params", [])
+    read = reads[stage]
+    unlisted = sorted(key for key in read if not any(covers(entry, key) for entry in declared))
+    unread = sorted(entry for entry in declared if not any(covers(entry, key) for key in read))
+    assert not unlisted and not unread, f"{stage}: reads but does not list {unlisted}; lists but does not read {unread}"
