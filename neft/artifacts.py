@@ -30,6 +30,11 @@ def weights_dir(run: str) -> Path:
     return PROBE_DIR if run == "probe" else Path("artifacts/train") / run
 
 
+def export_dir(method: str) -> Path:
+    """A trained method as a plain transformers model directory (merged), to take away."""
+    return Path("artifacts/export") / method
+
+
 def train_log_dir(run: str) -> Path:
     return REPORTS_DIR / "train" / run
 

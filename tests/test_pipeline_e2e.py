@@ -105,7 +105,7 @@ LIBRARY_MODULE_OF = {
     "prepare_data": "neft/data/sources.py", "prepare_model": "neft/models.py", "probe": "neft/training.py",
     "score": "neft/neurons.py", "mask": "neft/masks.py", "train_full": "neft/methods.py", "train_neft": "neft/delta.py",
     "train_lora": "neft/tokenization.py", "evaluate_base": "neft/evaluation.py", "evaluate@neft": "neft/methods.py",
-    "analyze": "neft/analysis.py", "report": "neft/significance.py",
+    "analyze": "neft/analysis.py", "report": "neft/significance.py", "export@neft": "neft/export.py",
 }
 
 

@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from conftest import random_batch
+from peft import PeftModel
 from test_dependencies import STAGES
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from neft.config import compose_params
+from neft.delta import load_delta
 from neft.errors import UserError
+from neft.evaluation import generate_greedy
+from neft.models import load_model
 from stages.analyze import analyze
 from stages.evaluate import evaluate
+from stages.export import LORA_ADAPTER, export
 from stages.mask import mask
 from stages.prepare_data import prepare_data
 from stages.prepare_model import prepare_model
@@ -104,6 +112,8 @@ def project(tmp_path_factory) -> tuple[Path, dict, dict[str, set[str]]]:
         evaluate("base", recorded("evaluate_base"))
         for method in ("full", "neft", "lora"):
             evaluate(method, recorded(f"evaluate@{method}"))
+        for method in ("full", "neft", "lora"):
+            export(method, recorded(f"export@{method}"))
         analyze(recorded("analyze"))
         report(recorded("report"))
     return directory, params, reads
@@ -168,6 +178,30 @@ def test_evaluate_writes_predictions_and_metrics(workspace, method):
     metrics = evaluate(method, workspace)
     predictions = pd.read_json(f"reports/eval/{method}/predictions.jsonl", lines=True, dtype=False)
     assert metrics["test_examples"] == len(predictions) > 0 and {"bleu", "chrf"} <= set(metrics)
+
+
+@pytest.mark.parametrize("method", ["full", "neft", "lora"])
+def test_exported_model_alone_reproduces_the_evaluation_exactly(workspace, method):
+    model = AutoModelForCausalLM.from_pretrained(f"artifacts/export/{method}")
+    tokenizer = AutoTokenizer.from_pretrained(f"artifacts/export/{method}")
+    evaluated = pd.read_json(f"reports/eval/{method}/predictions.jsonl", lines=True, dtype=False)
+    predictions = generate_greedy(model, tokenizer, list(evaluated["prompt"]), workspace["task"]["max_new_tokens"],
+                                  workspace["evaluate"]["batch_size"], autocast_dtype=None)
+    assert predictions == list(evaluated["prediction"])
+
+
+def test_neft_lora_adapter_is_the_merged_model(workspace):
+    exported = AutoModelForCausalLM.from_pretrained("artifacts/export/neft")
+    adapted = PeftModel.from_pretrained(load_model(Path("artifacts/model")), f"artifacts/export/neft/{LORA_ADAPTER}")
+    batch = random_batch(exported.config.vocab_size, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**batch).logits, exported(**batch).logits, rtol=1e-5, atol=1e-5)
+    merged = adapted.merge_and_unload().state_dict()  # fp32: adding the one-hot products is exact
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(merged[name], tensor), name
+    summary = json.loads(Path("artifacts/export/neft/export_summary.json").read_text())
+    delta = load_delta(Path("artifacts/train/neft"))
+    assert summary["lora_adapter"]["ranks"] == {name: len(p["rows"]) + len(p["columns"]) for name, p in delta.modules.items()}
 
 
 def test_analyze_writes_plots_and_overlaps(workspace):
