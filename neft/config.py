@@ -1,34 +1,354 @@
-"""Reading the composed configuration (params.yaml) and turning sections into typed settings.
+"""The configuration: one typed schema for params.yaml, checked once when it loads.
 
 DVC's Hydra integration writes params.yaml from conf/ on `dvc exp run`; `compose_params` does the
 same composition in-process (tests use it to check params.yaml has not drifted from conf/).
+`parse_config` turns the composed dict into a frozen `Config`: unknown keys, missing keys, wrong
+types and out-of-range values are all reported together in one `ConfigError`, each naming the key,
+the value and what is allowed. Every stage then reads its typed slice (`config.train.steps`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import yaml
 
-from neft.errors import UserError
-from neft.models import torch_dtype
+from neft.errors import ConfigError
+from neft.masks import STRATEGIES
+from neft.models import DTYPES, torch_dtype
+from neft.models import SOURCES as MODEL_SOURCES
+from neft.neurons import NEURON_KINDS, SCORE_FORMS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = Path("params.yaml")
 CONFIG_DIR = PROJECT_ROOT / "conf"
+TASK_SOURCES = ("sword", "aclsum", "jsonl", "hub_translation")
+TASK_KINDS = ("translation", "summarization")
 
 
-class ConfigError(UserError):
-    """The configuration asks for something that does not exist or cannot work."""
+def _check(predicate: typing.Callable[[Any], bool], allowed: str) -> dict[str, Any]:
+    """Field metadata: a range check on a value that already has the right type."""
+    return {"check": predicate, "allowed": allowed}
 
 
-def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+POSITIVE = _check(lambda v: v > 0 and math.isfinite(v), "a number > 0")
+AT_LEAST_ONE = _check(lambda v: v >= 1, "an integer >= 1")
+NON_NEGATIVE = _check(lambda v: v >= 0, "a value >= 0")
+FRACTION = _check(lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 where the device has native bf16, else the model's dtype; a dtype name; null: the model's.
+    autocast: str | None = field(default="auto", metadata=_check(lambda v: v is None or v == "auto" or v in DTYPES,
+                                                                   f"auto, null or one of {list(DTYPES)}"))
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    steps: int = field(metadata=AT_LEAST_ONE)
+    learning_rate: float = field(metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    form: str = field(default="stable", metadata=_check(lambda v: v in SCORE_FORMS, f"one of {list(SCORE_FORMS)}"))
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    strategy: str = field(default="cosine", metadata=_check(lambda v: v in STRATEGIES, f"one of {list(STRATEGIES)}"))
+    kinds: tuple[str, ...] = field(default=("in", "out"), metadata=_check(
+        lambda v: bool(v) and set(v) <= set(NEURON_KINDS) and len(set(v)) == len(v),
+        f"a non-empty list of distinct kinds from {list(NEURON_KINDS)}"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = field(metadata=AT_LEAST_ONE)
+    batch_size: int = field(metadata=AT_LEAST_ONE)
+    eval_every: int = field(default=0, metadata=NON_NEGATIVE)  # 0: validate only at the end
+    weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
+    warmup_steps: int = field(default=0, metadata=NON_NEGATIVE)
+    max_grad_norm: float | None = field(default=1.0, metadata=_check(lambda v: v is None or v > 0, "a number > 0 or null"))
+    gradient_checkpointing: bool = False
+
+    def problems(self) -> list[str]:
+        if self.warmup_steps >= self.steps:
+            return [f"train.warmup_steps = {self.warmup_steps}: must be below train.steps ({self.steps})"]
+        return []
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    learning_rate: float = field(metadata=POSITIVE)
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    learning_rate: float = field(metadata=POSITIVE)
+    alpha: float = field(default=16.0, metadata=POSITIVE)
+    dropout: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+
+
+@dataclass(frozen=True)
+class MethodsConfig:
+    full: MethodConfig
+    neft: MethodConfig
+    lora: LoraConfig
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = field(metadata=AT_LEAST_ONE)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    strongly_affected_fraction: float = field(metadata=FRACTION)
+    compare_ratios: tuple[float, ...] = field(metadata=_check(lambda v: all(0 < r < 1 for r in v), "ratios in (0, 1)"))
+    examples: int = field(metadata=AT_LEAST_ONE)
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    distribution: str
+    file: str
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    source: str = field(metadata=_check(lambda v: v in MODEL_SOURCES, f"one of {list(MODEL_SOURCES)}"))
+    dtype: str = field(default="float32", metadata=_check(lambda v: v in DTYPES, f"one of {list(DTYPES)}"))
+    wheel: WheelFile | None = None  # gguf_wheel: the installed distribution and the file inside it
+    repo: str | None = None  # hub
+    revision: str | None = None  # hub
+    architecture: dict[str, Any] | None = None  # random_init: LlamaConfig fields
+
+    def problems(self) -> list[str]:
+        needs = {"gguf_wheel": "wheel", "hub": "repo", "random_init": "architecture"}.get(self.source)
+        if needs and getattr(self, needs) is None:
+            return [f"model.{needs} is missing: model.source = {self.source!r} needs it"]
+        return []
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many examples each split keeps (a seeded sample); null keeps all."""
+
+    train: int | None = field(metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    valid: int | None = field(metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+    test: int | None = field(metadata=_check(lambda v: v is None or v >= 1, "an integer >= 1 or null"))
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    bleu_tokenize: str = "13a"  # sacreBLEU's tokenizer: 13a, zh, ...
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    kind: str = field(metadata=_check(lambda v: v in TASK_KINDS, f"one of {list(TASK_KINDS)}"))
+    source: str = field(metadata=_check(lambda v: v in TASK_SOURCES, f"one of {list(TASK_SOURCES)}"))
+    instruction: str
+    max_examples: SplitSizes
+    max_length: int = field(metadata=AT_LEAST_ONE)  # tokens per training example, prompt included
+    max_new_tokens: int = field(metadata=AT_LEAST_ONE)
+    metric_options: MetricOptions = MetricOptions()
+    # sword (the Bible): two modules, held-out books
+    source_module: str | None = None
+    target_module: str | None = None
+    valid_books: tuple[str, ...] | None = None
+    test_books: tuple[str, ...] | None = None
+    # aclsum
+    aspects: tuple[str, ...] | None = None
+    # jsonl (your own files)
+    files: dict[str, str] | None = None
+    source_field: str | None = None
+    target_field: str | None = None
+    # hub_translation
+    source_lang: str | None = None
+    target_lang: str | None = None
+    train_set: dict[str, Any] | None = None
+    test_set: dict[str, Any] | None = None
+
+    NEEDS: typing.ClassVar[dict[str, tuple[str, ...]]] = {
+        "sword": ("source_module", "target_module", "valid_books", "test_books"),
+        "aclsum": ("aspects",),
+        "jsonl": ("files", "source_field", "target_field"),
+        "hub_translation": ("source_lang", "target_lang", "train_set", "test_set"),
+    }
+
+    def problems(self) -> list[str]:
+        missing = [key for key in self.NEEDS.get(self.source, ()) if getattr(self, key) is None]
+        found = []
+        if missing:
+            found.append(f"task.{', task.'.join(missing)} missing: task.source = {self.source!r} needs them")
+        if self.source == "jsonl" and self.files is not None and sorted(self.files) != ["test", "train", "valid"]:
+            found.append(f"task.files = {self.files!r}: needs exactly train, valid and test")
+        return found
+
+
+@dataclass(frozen=True)
+class Config:
+    """params.yaml, typed. conf/config.yaml documents every key."""
+
+    seed: int = field(metadata=NON_NEGATIVE)
+    ratio: float = field(metadata=_check(lambda v: 0 < v < 1, "a number in (0, 1): the fraction of all parameters NeFT trains"))
+    runtime: RuntimeConfig
+    probe: ProbeConfig
+    score: ScoreConfig
+    mask: MaskConfig
+    train: TrainConfig
+    methods: MethodsConfig
+    evaluate: EvaluateConfig
+    analysis: AnalysisConfig
+    model: ModelConfig
+    task: TaskConfig
+
+
+# --- parsing: every problem at once -----------------------------------------------------------
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation in (int, float, str, bool):
+        return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[annotation]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return f"one of {list(typing.get_args(annotation))}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(annotation)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin is dict or annotation is dict:
+        return "a mapping"
+    if dataclasses.is_dataclass(annotation):
+        return f"a section with keys {[f.name for f in dataclasses.fields(annotation)]}"
+    return str(annotation)
+
+
+class _Invalid(Exception):
+    pass
+
+
+Section = typing.TypeVar("Section")
+
+
+def _convert(annotation: Any, value: Any, key: str, problems: list[str]) -> Any:
+    """`value` as `annotation`, or _Invalid after noting what is wrong in `problems`."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _parse_section(annotation, value, key, problems)
+    if origin in (typing.Union, types.UnionType):
+        options = [option for option in typing.get_args(annotation) if option is not type(None)]
+        if value is None and len(options) < len(typing.get_args(annotation)):
+            return None
+        if len(options) == 1:  # X | None: X's own message says what is wrong
+            return _convert(options[0], value, key, problems)
+        for option in options:
+            try:
+                return _convert(option, value, key, [])
+            except _Invalid:
+                continue
+        problems.append(f"{key} = {value!r}: must be {_type_name(annotation)}")
+        raise _Invalid
+    if origin is Literal:
+        if value in typing.get_args(annotation):
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            item_type = typing.get_args(annotation)[0]
+            return tuple(_convert(item_type, item, f"{key}[{i}]", problems) for i, item in enumerate(value))
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is Any:
+        return value
+    problems.append(f"{key} = {value!r}: must be {_type_name(annotation)}")
+    raise _Invalid
+
+
+def _parse_section(cls: type, data: Any, key: str, problems: list[str]) -> Any:
+    prefix = f"{key}." if key else ""
+    if not isinstance(data, dict):
+        problems.append(f"{key or 'params'} = {data!r}: must be {_type_name(cls)}")
+        raise _Invalid
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    for name in unknown:
+        problems.append(f"{prefix}{name}: unknown key; {key or 'the top level'} has {sorted(fields)}")
+    values, complete = {}, not unknown
+    for name, spec in fields.items():
+        path = prefix + name
+        if name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                problems.append(f"{path}: missing; must be {_type_name(hints[name])}")
+                complete = False
+            continue
+        try:
+            value = _convert(hints[name], data[name], path, problems)
+        except _Invalid:
+            complete = False
+            continue
+        check = spec.metadata.get("check")
+        if check is not None and not check(value):
+            problems.append(f"{path} = {data[name]!r}: must be {spec.metadata['allowed']}")
+            complete = False
+            continue
+        values[name] = value
+    if not complete:
+        raise _Invalid
+    section = cls(**values)
+    extra = section.problems() if hasattr(section, "problems") else []
+    if extra:
+        problems.extend(extra)
+        raise _Invalid
+    return section
+
+
+def parse_section(cls: type[Section], data: Any, key: str = "", source: str = "params.yaml") -> Section:
+    """`data` as the typed section `cls` (named `key` in params.yaml), or one ConfigError that lists
+    every problem in it."""
+    problems: list[str] = []
+    try:
+        return _parse_section(cls, data, key, problems)
+    except _Invalid:
+        raise ConfigError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems)) from None
+
+
+def parse_config(data: Any, source: str = "params.yaml") -> Config:
+    """A typed Config, or one ConfigError that lists every problem in `data`."""
+    return parse_section(Config, data, "", source)
+
+
+def load_config(path: Path = PARAMS_FILE) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: run from the project root (or `dvc exp run` to compose it from conf/)")
-    return yaml.safe_load(path.read_text())
+    return parse_config(yaml.safe_load(path.read_text()), str(path))
 
 
 def compose_params(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
@@ -45,15 +365,16 @@ def compose_params(overrides: list[str] | None = None, config_dir: Path = CONFIG
     return OmegaConf.to_container(config, resolve=True)
 
 
-def resolve_device(runtime: dict[str, Any]) -> torch.device:
-    requested = runtime.get("device", "auto")
-    if requested == "auto":
+def compose_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> Config:
+    return parse_config(compose_params(overrides, config_dir), f"conf/ with {overrides or []}")
+
+
+def resolve_device(runtime: RuntimeConfig) -> torch.device:
+    if runtime.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device=cuda but no CUDA device is visible; use runtime.device=auto or cpu")
-    if requested not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown runtime.device {requested!r}; choose auto, cpu or cuda")
-    return torch.device(requested)
+    if runtime.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("runtime.device = 'cuda' but no CUDA device is visible; use runtime.device=auto or cpu")
+    return torch.device(runtime.device)
 
 
 def fast_bfloat16(device: torch.device) -> bool:
@@ -64,15 +385,8 @@ def fast_bfloat16(device: torch.device) -> bool:
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def autocast_dtype(runtime: dict[str, Any]) -> torch.dtype | None:
+def autocast_dtype(runtime: RuntimeConfig) -> torch.dtype | None:
     """runtime.autocast: a dtype name, null (the model's own dtype), or auto: bf16 where it is fast."""
-    name = runtime.get("autocast")
-    if name == "auto":
+    if runtime.autocast == "auto":
         return torch.bfloat16 if fast_bfloat16(resolve_device(runtime)) else None
-    return None if name is None else torch_dtype(name)
-
-
-def validate_ratio(ratio: Any) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise ConfigError(f"ratio must be a number in (0, 1) (a fraction of all parameters), got {ratio!r}")
-    return float(ratio)
+    return None if runtime.autocast is None else torch_dtype(runtime.autocast)

@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
     """Base of every error that a change of configuration, data or artifacts fixes."""
+
+
+class ConfigError(UserError):
+    """The configuration asks for something that does not exist or cannot work."""

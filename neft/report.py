@@ -5,7 +5,7 @@ reads the artifacts and writes them."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -15,6 +15,9 @@ import pandas as pd
 
 from neft.evaluation import METRICS_BY_KIND
 from neft.significance import compare_predictions
+
+if TYPE_CHECKING:
+    from neft.config import Config
 
 COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "peak_memory_mb", "lora_rank")
 # (system, baseline): NeFT against each baseline on the same test segments.
@@ -62,16 +65,16 @@ def _plain(value: Any) -> Any:
     return round(float(value), 4) if isinstance(value, float) else value
 
 
-def markdown_report(table: pd.DataFrame, params: dict[str, Any], signatures: dict[str, str], mask_summary: dict[str, Any],
+def markdown_report(table: pd.DataFrame, config: Config, signatures: dict[str, str], mask_summary: dict[str, Any],
                     significance: pd.DataFrame) -> str:
     lines = [
-        f"# NeFT vs full fine-tuning vs LoRA: {params['model']['name']} on {params['task']['name']}",
+        f"# NeFT vs full fine-tuning vs LoRA: {config.model.name} on {config.task.name}",
         "",
-        f"ratio = {params['ratio']} -> {mask_summary['num_neurons']} neurons, "
+        f"ratio = {config.ratio} -> {mask_summary['num_neurons']} neurons, "
         f"{mask_summary['trainable_parameters']:,} trainable parameters "
         f"({mask_summary['trainable_percent']:.2f} % of {mask_summary['total_parameters']:,}); "
-        f"seed {params['seed']} (1 seed); {params['train']['steps']} steps of batch {params['train']['batch_size']}; "
-        f"probe: {params['probe']['steps']} steps at lr {params['probe']['learning_rate']}.",
+        f"seed {config.seed} (1 seed); {config.train.steps} steps of batch {config.train.batch_size}; "
+        f"probe: {config.probe.steps} steps at lr {config.probe.learning_rate}.",
         "",
         table.to_markdown(index=False, floatfmt=".4g"),
         "",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from neft.config import load_params
+from neft.config import load_config
 from neft.errors import UserError
 
 USER_ERROR_EXIT = 2  # a crash keeps Python's traceback and exit status 1
@@ -19,13 +19,13 @@ if not sys.stderr.isatty():  # logs stay readable under dvc repro and CI; tqdm b
 
 
 def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int = 0) -> None:
-    """Run `work(*args, params)`, print its summary as JSON; a user error exits 2 with one clear line."""
+    """Run `work(*args, config)`, print its summary as JSON; a user error exits 2 with one clear line."""
     args = sys.argv[1:]
     if len(args) != argc:
         print(f"usage: python -m {sys.modules['__main__'].__spec__.name} {usage}".rstrip(), file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     try:
-        summary = work(*args, load_params())
+        summary = work(*args, load_config())
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)

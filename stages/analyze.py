@@ -21,7 +21,7 @@ from neft.analysis import (
     trained_flags,
 )
 from neft.artifacts import ANALYSIS_DIR, BASE_MODEL_DIR, DATA_DIR, MASK_FILE, SCORES_FILE, read_model_shape, weights_dir
-from neft.config import ConfigError, resolve_device
+from neft.config import Config, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
 from neft.masks import build_mask, load_mask
@@ -31,25 +31,23 @@ from neft.tokenization import encode_prompts, evaluation_batches
 from stages._common import run_stage
 
 
-def analyze(params: dict[str, Any], out_dir: Path = ANALYSIS_DIR) -> dict[str, Any]:
-    config = params["analysis"]
-    if not 0 < config["strongly_affected_fraction"] < 1:
-        raise ConfigError("analysis.strongly_affected_fraction must be in (0, 1)")
+def analyze(config: Config, out_dir: Path = ANALYSIS_DIR) -> dict[str, Any]:
+    analysis = config.analysis
     scores = pd.read_parquet(SCORES_FILE)
     mask = load_mask(MASK_FILE)
     shape = read_model_shape()
-    seed = params["seed"]
+    seed = config.seed
     cosine_mask = build_mask(scores, shape, mask.ratio, "cosine")
-    overlaps = {f"cosine@{ratio}": jaccard(mask, build_mask(scores, shape, ratio, "cosine")) for ratio in config["compare_ratios"]}
+    overlaps = {f"cosine@{ratio}": jaccard(mask, build_mask(scores, shape, ratio, "cosine")) for ratio in analysis.compare_ratios}
     overlaps.update({f"{strategy}@{mask.ratio}": jaccard(mask, build_mask(scores, shape, mask.ratio, strategy, seed))
                      for strategy in ("cosine", "reversed", "random")})
 
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
-    examples = read_jsonl(DATA_DIR / "test.jsonl")[: config["examples"]]
-    inputs = encode_prompts(tokenizer, [example.prompt for example in examples], params["task"]["max_length"])
-    batches = evaluation_batches(inputs, params["evaluate"]["batch_size"], tokenizer.pad_token_id)
-    dtype = torch_dtype(params["model"]["dtype"])
-    device = resolve_device(params["runtime"])
+    examples = read_jsonl(DATA_DIR / "test.jsonl")[: analysis.examples]
+    inputs = encode_prompts(tokenizer, [example.prompt for example in examples], config.task.max_length)
+    batches = evaluation_batches(inputs, config.evaluate.batch_size, tokenizer.pad_token_id)
+    dtype = torch_dtype(config.model.dtype)
+    device = resolve_device(config.runtime)
     utilisation = {}
     for name, weights in (("base", None), ("neft", weights_dir("neft"))):
         model = load_trained_model(name, BASE_MODEL_DIR, weights, dtype).to(device)
@@ -58,7 +56,7 @@ def analyze(params: dict[str, Any], out_dir: Path = ANALYSIS_DIR) -> dict[str, A
     groups = {
         kind: delta_rank_groups(
             utilisation["base"][kind], utilisation["neft"][kind], trained_flags(mask, kind),
-            threshold=round(config["strongly_affected_fraction"] * shape.num_layers * shape.d_ff),
+            threshold=round(analysis.strongly_affected_fraction * shape.num_layers * shape.d_ff),
         )
         for kind in sorted(mask.indices)
     }

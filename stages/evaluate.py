@@ -11,39 +11,36 @@ from typing import Any
 import pandas as pd
 
 from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, eval_dir, weights_dir
-from neft.config import ConfigError, autocast_dtype, resolve_device
+from neft.config import Config, ConfigError, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
-from neft.evaluation import METRICS_BY_KIND, generate_greedy, task_metrics
+from neft.evaluation import generate_greedy, task_metrics
 from neft.io import atomic_directory, write_json
 from neft.methods import EVAL_METHODS, load_trained_model
 from neft.models import load_tokenizer, torch_dtype
 from stages._common import run_stage
 
 
-def evaluate(method: str, params: dict[str, Any]) -> dict[str, Any]:
+def evaluate(method: str, config: Config) -> dict[str, Any]:
     """Greedy-decode the test split with `method`'s model and score it against the references."""
     if method not in EVAL_METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")
-    kind = params["task"]["kind"]
-    if kind not in METRICS_BY_KIND:  # before generating, which is the slow part
-        raise ConfigError(f"unknown task.kind {kind!r}; choose one of {sorted(METRICS_BY_KIND)}")
-    device = resolve_device(params["runtime"])
+    task = config.task
+    device = resolve_device(config.runtime)
     examples = read_jsonl(DATA_DIR / "test.jsonl")
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
     trained = None if method == "base" else weights_dir(method)
-    model = load_trained_model(method, BASE_MODEL_DIR, trained, torch_dtype(params["model"]["dtype"])).to(device)
+    model = load_trained_model(method, BASE_MODEL_DIR, trained, torch_dtype(config.model.dtype)).to(device)
     start = time.perf_counter()
     predictions = generate_greedy(
         model,
         tokenizer,
         [example.prompt for example in examples],
-        params["task"]["max_new_tokens"],
-        params["evaluate"]["batch_size"],
-        autocast_dtype(params["runtime"]),
+        task.max_new_tokens,
+        config.evaluate.batch_size,
+        autocast_dtype(config.runtime),
     )
     seconds = time.perf_counter() - start
-    task = params["task"]
-    metrics = task_metrics(kind, predictions, [e.target for e in examples], **task["metric_options"])
+    metrics = task_metrics(task.kind, predictions, [e.target for e in examples], task.metric_options.bleu_tokenize)
     metrics.update(method=method, test_examples=len(examples), generate_seconds=round(seconds, 1))
     with atomic_directory(eval_dir(method)) as scratch:
         rows = [

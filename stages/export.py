@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from neft.artifacts import BASE_MODEL_DIR, export_dir, weights_dir
-from neft.config import ConfigError
+from neft.config import Config, ConfigError
 from neft.delta import load_delta
 from neft.export import export_lora_adapter
 from neft.io import atomic_directory, write_json
@@ -24,11 +24,11 @@ from stages._common import run_stage
 LORA_ADAPTER = "lora_adapter"
 
 
-def export(method: str, params: dict[str, Any]) -> dict[str, Any]:
+def export(method: str, config: Config) -> dict[str, Any]:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {METHODS}")
     start = time.perf_counter()
-    dtype = torch_dtype(params["model"]["dtype"])
+    dtype = torch_dtype(config.model.dtype)
     model = load_trained_model(method, BASE_MODEL_DIR, weights_dir(method), dtype)
     summary: dict[str, Any] = {"method": method, "dtype": str(dtype).removeprefix("torch.")}
     with atomic_directory(export_dir(method)) as scratch:

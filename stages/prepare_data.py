@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from neft.artifacts import DATA_DIR
+from neft.config import Config
 from neft.data.records import write_jsonl
 from neft.data.sources import SPLITS, build_splits
 from neft.io import atomic_directory, write_json
 from stages._common import run_stage
 
 
-def prepare_data(params: dict[str, Any], out_dir: Path = DATA_DIR) -> dict[str, Any]:
-    splits = build_splits(params["task"], params["seed"])
-    summary = {"task": params["task"]["name"], "seed": params["seed"], **{f"{s}_examples": len(splits[s]) for s in SPLITS}}
+def prepare_data(config: Config, out_dir: Path = DATA_DIR) -> dict[str, Any]:
+    splits = build_splits(config.task, config.seed)
+    summary = {"task": config.task.name, "seed": config.seed, **{f"{s}_examples": len(splits[s]) for s in SPLITS}}
     with atomic_directory(out_dir) as scratch:
         for split in SPLITS:
             write_jsonl(scratch / f"{split}.jsonl", splits[split])

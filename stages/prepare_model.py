@@ -10,21 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from neft.artifacts import BASE_MODEL_DIR, MODEL_SHAPE_FILE
+from neft.config import Config
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape
-from neft.models import load_source_model, save_model, validate_model_config
+from neft.models import load_source_model, save_model
 from stages._common import run_stage
 
 
-def prepare_model(params: dict[str, Any], out_dir: Path = BASE_MODEL_DIR) -> dict[str, Any]:
-    validate_model_config(params["model"])
+def prepare_model(config: Config, out_dir: Path = BASE_MODEL_DIR) -> dict[str, Any]:
     start = time.perf_counter()
-    model, tokenizer = load_source_model(params["model"], params["seed"])
+    model, tokenizer = load_source_model(config.model, config.seed)
     shape = ModelShape.of(model)
     with atomic_directory(out_dir) as scratch:
         save_model(model, tokenizer, scratch)
         write_json(scratch / MODEL_SHAPE_FILE.name, vars(shape))
-    return {"model": params["model"]["name"], **vars(shape), "seconds": round(time.perf_counter() - start, 1)}
+    return {"model": config.model.name, **vars(shape), "seconds": round(time.perf_counter() - start, 1)}
 
 
 if __name__ == "__main__":

@@ -12,21 +12,22 @@ from typing import Any
 import pandas as pd
 
 from neft.artifacts import MASK_SUMMARY_FILE, REPORTS_DIR, eval_dir, train_log_dir
+from neft.config import Config
 from neft.io import read_json, write_json
 from neft.methods import EVAL_METHODS
 from neft.report import markdown_report, method_rows, metrics_document, plot_losses, plot_neurons_per_layer, significance_table
 from stages._common import run_stage
 
 
-def report(params: dict[str, Any], reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
-    kind = params["task"]["kind"]
+def report(config: Config, reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
+    kind = config.task.kind
     evals = {method: read_json(eval_dir(method) / "metrics.json") for method in EVAL_METHODS}
     trains = {method: read_json(train_log_dir(method) / "summary.json") for method in EVAL_METHODS if method != "base"}
     mask_summary = read_json(MASK_SUMMARY_FILE)
     table = method_rows(kind, evals, trains, mask_summary["total_parameters"])
     signatures = {key: value for key, value in evals["base"].items() if key.endswith(("_signature", "_tokenizer"))}
     predictions = {method: pd.read_json(eval_dir(method) / "predictions.jsonl", lines=True, dtype=False) for method in EVAL_METHODS}
-    significance = significance_table(kind, predictions, params["task"]["metric_options"].get("bleu_tokenize", "13a"))
+    significance = significance_table(kind, predictions, config.task.metric_options.bleu_tokenize)
     document = metrics_document(table, mask_summary, kind, significance)
     plots = reports_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -34,7 +35,7 @@ def report(params: dict[str, Any], reports_dir: Path = REPORTS_DIR) -> dict[str,
     plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
     table.to_csv(reports_dir / "results.csv", index=False)
     significance.to_csv(reports_dir / "significance.csv", index=False)
-    (reports_dir / "results.md").write_text(markdown_report(table, params, signatures, mask_summary, significance))
+    (reports_dir / "results.md").write_text(markdown_report(table, config, signatures, mask_summary, significance))
     write_json(reports_dir / "metrics.json", document)
     return document
 

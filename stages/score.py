@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from neft.artifacts import BASE_MODEL_DIR, PROBE_DIR, SCORES_DIR, SCORES_FILE
-from neft.config import ConfigError
+from neft.config import Config
 from neft.io import atomic_directory, write_json
-from neft.neurons import SCORE_FORMS, resolve_kinds, score_neurons, score_resolution
+from neft.neurons import score_neurons, score_resolution
 from stages._common import run_stage
 
 
-def score(params: dict[str, Any], out_dir: Path = SCORES_DIR) -> dict[str, Any]:
-    kinds = params["mask"]["kinds"]
-    resolve_kinds(kinds)
-    form = params["score"]["form"]
-    if form not in SCORE_FORMS:
-        raise ConfigError(f"score.form={form!r} is unknown; choose one of {SCORE_FORMS}")
+def score(config: Config, out_dir: Path = SCORES_DIR) -> dict[str, Any]:
+    kinds, form = list(config.mask.kinds), config.score.form
     start = time.perf_counter()
     scores = score_neurons(BASE_MODEL_DIR, PROBE_DIR, kinds, form=form)
     seconds = time.perf_counter() - start

@@ -16,7 +16,7 @@ import torch
 from dvclive import Live
 
 from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, MASK_FILE, read_budget, train_log_dir, weights_dir
-from neft.config import ConfigError, autocast_dtype, resolve_device
+from neft.config import Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
@@ -28,39 +28,39 @@ from neft.training import train as train_loop
 from stages._common import run_stage
 
 
-def setup_run(run: str, model: torch.nn.Module, params: dict[str, Any]) -> TrainableModel:
+def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableModel:
     """The library's method set-up, with this pipeline's mask and budget."""
     if run == "neft":
         mask = load_mask(MASK_FILE)
         validate_mask(mask, ModelShape.of(model))
-        return setup_method(run, model, mask=mask, base_model=params["model"]["name"])
+        return setup_method(run, model, mask=mask, base_model=config.model.name)
     if run == "lora":
-        lora = params["methods"]["lora"]
-        return setup_method(run, model, lora=LoraSettings(read_budget(), lora["alpha"], lora["dropout"]))
+        lora = config.methods.lora
+        return setup_method(run, model, lora=LoraSettings(read_budget(), lora.alpha, lora.dropout))
     return setup_method(run, model)
 
 
-def train_settings(params: dict[str, Any], learning_rate: float, steps: int | None = None) -> TrainSettings:
+def train_settings(config: Config, learning_rate: float, steps: int) -> TrainSettings:
     """Loop settings shared by every method; only the learning rate (and the probe's steps) differ."""
-    train = params["train"]
+    train: TrainConfig = config.train
     return TrainSettings(
-        steps=steps or train["steps"],
-        learning_rate=float(learning_rate),
-        weight_decay=float(train["weight_decay"]),
-        warmup_steps=int(train["warmup_steps"]),
-        max_grad_norm=train["max_grad_norm"],
-        eval_every=int(train["eval_every"]),
-        autocast_dtype=autocast_dtype(params["runtime"]),
+        steps=steps,
+        learning_rate=learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_steps,
+        max_grad_norm=train.max_grad_norm,
+        eval_every=train.eval_every,
+        autocast_dtype=autocast_dtype(config.runtime),
     )
 
 
-def learning_rate_and_steps(run: str, params: dict[str, Any]) -> tuple[float, int]:
+def learning_rate_and_steps(run: str, config: Config) -> tuple[float, int]:
     if run == "probe":
-        return params["probe"]["learning_rate"], params["probe"]["steps"]
-    return params["methods"][run]["learning_rate"], params["train"]["steps"]
+        return config.probe.learning_rate, config.probe.steps
+    return getattr(config.methods, run).learning_rate, config.train.steps
 
 
-def train(run: str, params: dict[str, Any]) -> dict[str, Any]:
+def train(run: str, config: Config) -> dict[str, Any]:
     """Train one run (probe or a method), save its weights/delta/adapter, log steps with dvclive."""
     if run not in TRAINING_RUNS:
         raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
@@ -69,23 +69,23 @@ def train(run: str, params: dict[str, Any]) -> dict[str, Any]:
         load_mask(MASK_FILE)
     if run == "lora":
         read_budget()
-    learning_rate, steps = learning_rate_and_steps(run, params)
-    settings = train_settings(params, learning_rate, steps)
-    device = resolve_device(params["runtime"])
-    seed = params["seed"]
+    learning_rate, steps = learning_rate_and_steps(run, config)
+    settings = train_settings(config, learning_rate, steps)
+    device = resolve_device(config.runtime)
+    seed = config.seed
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
-    max_length = params["task"]["max_length"]
+    max_length = config.task.max_length
     train_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "train.jsonl"), max_length)
     valid_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "valid.jsonl"), max_length)
-    batch_size = params["train"]["batch_size"]
+    batch_size = config.train.batch_size
 
     torch.manual_seed(seed)
-    model = load_model(BASE_MODEL_DIR, torch_dtype(params["model"]["dtype"])).to(device)
-    if params["train"]["gradient_checkpointing"]:
+    model = load_model(BASE_MODEL_DIR, torch_dtype(config.model.dtype)).to(device)
+    if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     total = count_parameters(model)  # before adapters or deltas add their own
-    trainable = setup_run(run, model, params)
+    trainable = setup_run(run, model, config)
     log_dir = train_log_dir(run)
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
         result = train_loop(

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from neft.config import TaskConfig, parse_section
 from neft.data.records import DataError, Example, read_jsonl, subsample, write_jsonl
 from neft.data.sources import build_splits, drop_test_overlap, pairs_from_parallel_sets, pairs_from_translation_column
 from neft.tokenization import IGNORE_INDEX, encode_all, encode_for_training, training_batches
@@ -11,7 +12,7 @@ def write_lines(path, rows):
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8")
 
 
-def jsonl_task(tmp_path, **overrides):
+def jsonl_task(tmp_path, **overrides) -> TaskConfig:
     files = {}
     for split in ("train", "valid", "test"):
         files[split] = tmp_path / f"{split}.jsonl"
@@ -19,10 +20,10 @@ def jsonl_task(tmp_path, **overrides):
     task = {
         "name": "mine", "kind": "translation", "source": "jsonl", "files": {k: str(v) for k, v in files.items()},
         "source_field": "source", "target_field": "target", "instruction": "Translate.",
-        "max_examples": {"train": 4, "valid": None, "test": None},
+        "max_examples": {"train": 4, "valid": None, "test": None}, "max_length": 64, "max_new_tokens": 16,
     }
     task.update(overrides)
-    return task
+    return parse_section(TaskConfig, task, "task")
 
 
 def test_jsonl_task_builds_prompts_and_subsamples_deterministically(tmp_path):
@@ -54,11 +55,9 @@ def test_malformed_lines_are_rejected_with_their_line_number(tmp_path, line, mes
         build_splits(task, seed=0)
 
 
-def test_missing_file_and_unknown_source_are_rejected(tmp_path):
+def test_missing_file_is_rejected(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         build_splits(jsonl_task(tmp_path, files={"train": "nope.jsonl", "valid": "nope.jsonl", "test": "nope.jsonl"}), seed=0)
-    with pytest.raises(DataError, match="unknown task source 'ftp'"):
-        build_splits(jsonl_task(tmp_path, source="ftp"), seed=0)
 
 
 def test_records_round_trip_and_malformed_records_fail(tmp_path):

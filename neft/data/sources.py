@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from neft.config import TASK_SOURCES, TaskConfig
 from neft.data.records import DataError, Example, json_lines, require_text_fields, subsample
 
 SPLITS = ("train", "valid", "test")
-SOURCES = ("sword", "aclsum", "jsonl", "hub_translation")
 
 
 def translation_example(example_id: str, instruction: str, source: str, target: str) -> Example:
@@ -31,12 +31,11 @@ def _read_user_jsonl(path: Path, source_field: str, target_field: str, instructi
     return examples
 
 
-def jsonl_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
-    files = task["files"]
+def jsonl_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
     return {
         split: subsample(
-            _read_user_jsonl(Path(files[split]), task["source_field"], task["target_field"], task["instruction"]),
-            task["max_examples"].get(split),
+            _read_user_jsonl(Path(task.files[split]), task.source_field, task.target_field, task.instruction),
+            getattr(task.max_examples, split),
             seed,
         )
         for split in SPLITS
@@ -63,54 +62,54 @@ def pairs_from_parallel_sets(
     return [(str(row[id_field]), row[text_field], targets[str(row[id_field])]) for row in source_rows if str(row[id_field]) in targets]
 
 
-def hub_translation_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+def hub_translation_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
     """Train/valid from a hub parallel corpus, test from a hub benchmark (needs hub access)."""
     from datasets import load_dataset
 
-    train_cfg, test_cfg = task["train_set"], task["test_set"]
+    train_cfg, test_cfg = task.train_set, task.test_set
     corpus = load_dataset(train_cfg["path"], train_cfg.get("name"), split=train_cfg["split"])
-    pairs = pairs_from_translation_column(corpus, train_cfg["column"], task["source_lang"], task["target_lang"])
+    pairs = pairs_from_translation_column(corpus, train_cfg["column"], task.source_lang, task.target_lang)
     pairs = [pairs[i] for i in random.Random(seed).sample(range(len(pairs)), len(pairs))]
-    valid_size = task["max_examples"]["valid"]
-    train_size = task["max_examples"].get("train") or len(pairs) - valid_size
+    valid_size = task.max_examples.valid or 0
+    train_size = task.max_examples.train or len(pairs) - valid_size
     valid_pairs, train_pairs = pairs[:valid_size], pairs[valid_size:valid_size + train_size]
     source_set = load_dataset(test_cfg["path"], test_cfg["source_name"], split=test_cfg["split"])
     target_set = load_dataset(test_cfg["path"], test_cfg["target_name"], split=test_cfg["split"])
     test_triples = pairs_from_parallel_sets(source_set, target_set, test_cfg["text_field"], test_cfg["id_field"])
-    instruction = task["instruction"]
+    instruction = task.instruction
     return {
         "train": [translation_example(f"train-{i}", instruction, s, t) for i, (s, t) in enumerate(train_pairs)],
         "valid": [translation_example(f"valid-{i}", instruction, s, t) for i, (s, t) in enumerate(valid_pairs)],
-        "test": subsample([translation_example(i, instruction, s, t) for i, s, t in test_triples], task["max_examples"].get("test"), seed),
+        "test": subsample([translation_example(i, instruction, s, t) for i, s, t in test_triples], task.max_examples.test, seed),
     }
 
 
-def sword_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+def sword_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
     from neft.data.bible import build_bible_splits
 
     return build_bible_splits(
-        source_module=task["source_module"],
-        target_module=task["target_module"],
-        instruction=task["instruction"],
-        valid_books=list(task["valid_books"]),
-        test_books=list(task["test_books"]),
-        max_examples=dict(task["max_examples"]),
+        source_module=task.source_module,
+        target_module=task.target_module,
+        instruction=task.instruction,
+        valid_books=list(task.valid_books),
+        test_books=list(task.test_books),
+        max_examples={split: getattr(task.max_examples, split) for split in SPLITS},
         seed=seed,
     )
 
 
-def aclsum_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+def aclsum_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
     from neft.data.aclsum import build_aclsum_splits
 
     return build_aclsum_splits(
-        instruction=task["instruction"],
-        aspects=list(task["aspects"]),
-        max_examples=dict(task["max_examples"]),
+        instruction=task.instruction,
+        aspects=list(task.aspects),
+        max_examples={split: getattr(task.max_examples, split) for split in SPLITS},
         seed=seed,
     )
 
 
-BUILDERS: dict[str, Callable[[Mapping[str, Any], int], dict[str, list[Example]]]] = {
+BUILDERS: dict[str, Callable[[TaskConfig, int], dict[str, list[Example]]]] = {
     "sword": sword_splits,
     "aclsum": aclsum_splits,
     "jsonl": jsonl_splits,
@@ -124,23 +123,15 @@ def drop_test_overlap(examples: Sequence[Example], test: Sequence[Example]) -> l
     return [example for example in examples if example.prompt not in test_prompts]
 
 
-def validate_task_config(task: Mapping[str, Any]) -> None:
-    if task.get("source") not in BUILDERS:
-        raise DataError(f"unknown task source {task.get('source')!r}; choose one of {SOURCES}")
-    if task.get("kind") not in ("translation", "summarization"):
-        raise DataError(f"unknown task kind {task.get('kind')!r}; choose translation or summarization")
-    missing = [split for split in SPLITS if split not in task.get("max_examples", {})]
-    if missing:
-        raise DataError(f"task.max_examples needs an entry (a number or null) for {missing}")
+assert set(BUILDERS) == set(TASK_SOURCES), "neft.config.TASK_SOURCES names every builder"
 
 
-def build_splits(task: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+def build_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
     """Every split of the configured task, checked: no empty split, no test prompt in train or valid."""
-    validate_task_config(task)
-    splits = BUILDERS[task["source"]](task, seed)
+    splits = BUILDERS[task.source](task, seed)
     splits["train"] = drop_test_overlap(splits["train"], splits["test"])
     splits["valid"] = drop_test_overlap(splits["valid"], splits["test"])
     for split in SPLITS:
         if not splits.get(split):
-            raise DataError(f"task {task.get('name')!r}: the {split} split is empty")
+            raise DataError(f"task {task.name!r}: the {split} split is empty")
     return splits
