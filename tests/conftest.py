@@ -65,7 +65,9 @@ def random_batch(vocab_size: int, batch: int = 4, length: int = 12, seed: int = 
 def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run a command with this Python's tools first on PATH; raise with its output if it fails."""
     inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
-    env = {**inherited, **OFFLINE_ENVIRONMENT, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    # PYTHONPATH: a script run in `cwd` imports that project's `neft`, not the editable install's.
+    env = {**inherited, **OFFLINE_ENVIRONMENT, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd), **env}
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

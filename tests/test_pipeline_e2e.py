@@ -20,9 +20,10 @@ pytestmark = pytest.mark.e2e
 TINY = ["model=tiny-llama", "task=jsonl"]
 ALL_STAGES = {
     "prepare_data", "prepare_model", "probe", "score", "mask", "train_full", "train_neft", "train_lora",
-    "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "analyze", "report",
+    "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "export@full", "export@neft", "export@lora",
+    "analyze", "report",
 }
-RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "analyze", "report"}
+RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "export@neft", "export@lora", "analyze", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,8 @@ def test_repro_writes_every_artifact(repo):
                  "artifacts/train/lora/adapter_model.safetensors", "artifacts/train/full/model.safetensors",
                  "reports/results.md", "reports/results.csv", "reports/plots/loss.png", "reports/plots/neurons_per_layer.png",
                  "reports/eval/neft/predictions.jsonl", "reports/train/neft/plots/metrics/loss.tsv",
-                 "reports/analysis/analysis.json", "reports/analysis/score_histogram.png"]:
+                 "reports/analysis/analysis.json", "reports/analysis/score_histogram.png",
+                 "artifacts/export/full/model.safetensors", "artifacts/export/neft/lora_adapter/adapter_model.safetensors"]:
         assert (repo / path).is_file(), path
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert set(metrics) == {"base", "full", "neft", "lora", "mask", "significance"}
@@ -134,7 +136,7 @@ def test_control_mask_at_the_same_budget_retrains_neft_but_not_lora(repo):
     overrides = sum((["-S", override] for override in TINY), [])
     experiment = run(["dvc", "exp", "run", "-S", "ratio=0.06", "-S", "mask.strategy=random", *overrides], repo)
     # The matched LoRA reads only artifacts/budget.json, which the strategy does not change.
-    assert stages_run(experiment.stdout) == {"mask", "train_neft", "evaluate@neft", "analyze", "report"}
+    assert stages_run(experiment.stdout) == {"mask", "train_neft", "evaluate@neft", "export@neft", "analyze", "report"}
     assert json.loads((repo / "reports/analysis/analysis.json").read_text())["mask_strategy"] == "random"
 
 
