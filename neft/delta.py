@@ -34,7 +34,8 @@ from neft.neurons import NEURON_KINDS
 
 DELTA_WEIGHTS = "neft_delta.safetensors"
 DELTA_CONFIG = "neft_config.json"
-DELTA_FORMAT = "neft-delta/v1"
+# v2: neft_config.json is a NeftConfig (d_model added, every field validated on load); v1 configs were free-form.
+DELTA_FORMAT = "neft-delta/v2"
 
 
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:

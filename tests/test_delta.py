@@ -137,7 +137,7 @@ def test_saved_config_round_trips_and_records_the_mask(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    ({"format": "neft-delta/v0"}, "format is 'neft-delta/v0'"),
+    ({"format": "neft-delta/v1"}, "format is 'neft-delta/v1', this version reads 'neft-delta/v2'"),
     ({"kinds": ["in", "sideways"]}, "kinds must be a non-empty subset"),
     ({"num_neurons": "12"}, "num_neurons must be an integer"),
     ({"ratio": 1.5}, "ratio must be a number in \\(0, 1\\)"),
