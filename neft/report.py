@@ -79,7 +79,8 @@ def markdown_report(table: pd.DataFrame, config: Config, signatures: dict[str, s
         table.to_markdown(index=False, floatfmt=".4g"),
         "",
         "Learning rates are per method (`methods.*.learning_rate`); LoRA's rank is chosen so its trainable",
-        "count matches NeFT's. Peak memory is the process's peak RSS on CPU (max allocated on GPU).",
+        "count matches NeFT's. Peak memory is the training window's (neft.measure: RSS high-water mark after set-up on "
+        "CPU, max allocated on GPU), as in the benchmark.",
         "",
         *[f"- {name}: `{signature}`" for name, signature in signatures.items()],
         "",
