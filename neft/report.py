@@ -53,7 +53,9 @@ def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], kind: st
     document: dict[str, Any] = {
         row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
     }
-    document["mask"] = {name: mask_summary[name] for name in ("ratio", "num_neurons", "trainable_percent")}
+    # The ties say whether the scores resolved the ranking (issue 9): 1 tied, 0 by tie-break when they do.
+    mask_keys = ("ratio", "num_neurons", "trainable_percent", "tied_at_cutoff", "decided_by_tiebreak")
+    document["mask"] = {name: mask_summary[name] for name in mask_keys}
     document["significance"] = {}
     for row in significance.to_dict("records"):
         entry = document["significance"].setdefault(row["comparison"].replace(" - ", "_vs_"), {})

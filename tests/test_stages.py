@@ -188,6 +188,7 @@ def test_analyze_writes_plots_and_overlaps(workspace):
 def test_report_writes_the_table_significance_and_metrics(workspace):
     document = report(workspace)
     assert set(document) == {"base", "full", "neft", "lora", "mask", "significance"}
+    assert (document["mask"]["tied_at_cutoff"], document["mask"]["decided_by_tiebreak"]) == (1, 0)
     assert len(pd.read_csv("reports/significance.csv")) == 3 * 2  # 3 comparisons x BLEU, chrF
     rerun_gives_the_same_bytes(["reports/metrics.json"], lambda: report(workspace))
 
