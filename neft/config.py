@@ -93,8 +93,7 @@ class MethodConfig:
 
 
 @dataclass(frozen=True)
-class LoraConfig:
-    learning_rate: float = field(metadata=POSITIVE)
+class LoraMethodConfig(MethodConfig):
     alpha: float = field(default=16.0, metadata=POSITIVE)
     dropout: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
@@ -103,7 +102,7 @@ class LoraConfig:
 class MethodsConfig:
     full: MethodConfig
     neft: MethodConfig
-    lora: LoraConfig
+    lora: LoraMethodConfig
 
 
 @dataclass(frozen=True)
