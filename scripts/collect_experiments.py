@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neft.evaluation import METRICS_BY_KIND
+from neft.config import MetricOptions
+from neft.evaluation import metric_names
 from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, plot_budget_curve, seed_summary
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     sections = []
     for kind, part in rows.groupby("kind"):
         sections += [f"## {kind}: {part['experiment'].nunique()} experiments", ""]
-        for metric in (m for m in METRICS_BY_KIND[str(kind)] if m in part and part[m].notna().any()):
+        for metric in (m for m in metric_names(str(kind), MetricOptions(rouge=True)) if m in part and part[m].notna().any()):
             stem = f"{kind}_{metric}"
             curve = budget_curve(part, metric)
             controls = controls_table(part, metric)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from mask_overlap import experiment_commits
 from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, plot_layer_distribution, quality_table
+from neft.config import MetricOptions
 from neft.masks import mask_from_json
 
 
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--masks-only", action="store_true", help="compare masks and scores only (no NeFT predictions)")
     parser.add_argument("--kind", default="translation", choices=["translation", "summarization"])
     parser.add_argument("--bleu-tokenize", default="13a")
+    parser.add_argument("--rouge", action="store_true", help="translation: also compare ROUGE (CJK per character)")
     args = parser.parse_args()
     if any(pair.count(":") != 1 for pair in args.pairs):
         sys.exit("error: each pair is BASELINE:SYSTEM")
@@ -84,7 +86,7 @@ def main() -> None:
                 "## Score resolution", "", resolution.to_markdown(index=False, floatfmt=".3g"), "",
                 "## Selected neurons per layer", "", layers.to_markdown(), "", "![layers](layers.png)", ""]
     if not args.masks_only:
-        quality = quality_table(args.kind, pairs, args.bleu_tokenize)
+        quality = quality_table(args.kind, pairs, MetricOptions(args.bleu_tokenize, args.rouge))
         differences = difference_summary(quality)
         quality.to_csv(args.out / "quality.csv", index=False)
         differences.to_csv(args.out / "differences.csv", index=False)

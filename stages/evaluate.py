@@ -40,7 +40,7 @@ def evaluate(method: str, config: Config) -> dict[str, Any]:
         autocast_dtype(config.runtime),
     )
     seconds = time.perf_counter() - start
-    metrics = task_metrics(task.kind, predictions, [e.target for e in examples], task.metric_options.bleu_tokenize)
+    metrics = task_metrics(task.kind, predictions, [e.target for e in examples], task.metric_options)
     metrics.update(method=method, test_examples=len(examples), generate_seconds=round(seconds, 1))
     with atomic_directory(eval_dir(method)) as scratch:
         rows = [

@@ -17,7 +17,7 @@ from neft import OFFLINE_ENVIRONMENT, use_offline_environment
 use_offline_environment()  # before anything imports huggingface_hub, which reads it once
 
 from neft.masks import ModelShape, NeuronMask  # noqa: E402
-from neft.models import build_random_llama, byte_level_tokenizer  # noqa: E402
+from neft.models import build_random_model, byte_level_tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,16 @@ def tokenizer():
     return byte_level_tokenizer()
 
 
-@pytest.fixture
-def tiny_model(tokenizer):
-    return build_random_llama(TINY_ARCHITECTURE, vocab_size=len(tokenizer), seed=0)
+# Gemma 3 differs from Llama around the MLP (GELU-tanh, (1 + w) norms before and after it, q/k
+# norms, scaled embeddings) but not in the matrices that hold NeFT's neurons.
+TINY_GEMMA3_ARCHITECTURE = {**TINY_ARCHITECTURE, "model_type": "gemma3_text", "head_dim": 8, "sliding_window": 16}
+
+
+@pytest.fixture(params=["llama", "gemma3"])
+def tiny_model(request, tokenizer):
+    """Every test that takes the tiny model runs on a random-init Llama and a random-init Gemma 3."""
+    architecture = {"llama": TINY_ARCHITECTURE, "gemma3": TINY_GEMMA3_ARCHITECTURE}[request.param]
+    return build_random_model(architecture, vocab_size=len(tokenizer), seed=0)
 
 
 def random_mask(model: torch.nn.Module, per_matrix: int, seed: int = 0) -> NeuronMask:

@@ -58,12 +58,12 @@ def answering_model():
 
     from neft.data.records import Example
     from neft.methods import full_finetuning
-    from neft.models import build_random_llama, byte_level_tokenizer
+    from neft.models import build_random_model, byte_level_tokenizer
     from neft.tokenization import encode_all, training_batches
     from neft.training import TrainSettings, train
 
     tokenizer = byte_level_tokenizer()
-    model = build_random_llama(TINY_ARCHITECTURE, vocab_size=len(tokenizer), seed=0)
+    model = build_random_model(TINY_ARCHITECTURE, vocab_size=len(tokenizer), seed=0)
     items = encode_all(tokenizer, [Example(str(i), prompt, answer) for i, (prompt, answer) in enumerate(ANSWERS.items())], max_length=64)
     trainable = full_finetuning(model)
     settings = TrainSettings(steps=150, learning_rate=3e-3, keep_best=False)

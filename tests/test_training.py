@@ -7,7 +7,7 @@ from conftest import random_batch
 from neft.data.records import Example
 from neft.methods import full_finetuning, lora_finetuning
 from neft.tokenization import encode_all, training_batches
-from neft.training import TrainSettings, linear_schedule, train
+from neft.training import TrainSettings, causal_lm_loss, linear_schedule, train
 
 
 def cycle(batches):
@@ -70,3 +70,18 @@ def test_best_validation_step_is_restored(tiny_model):
     from neft.training import validation_loss
 
     assert validation_loss(model, valid) == pytest.approx(best_loss, rel=1e-5)
+
+
+def test_loss_on_labelled_positions_only_equals_transformers_loss(tiny_model):
+    batch = random_batch(tiny_model.config.vocab_size, batch=3, length=10, seed=1)
+    batch["labels"][:, :4] = -100  # the prompt
+    batch["labels"][1, 7:] = -100  # padding of a shorter row
+    batch["attention_mask"][1, 7:] = 0
+    ours = causal_lm_loss(tiny_model, batch, None)
+    ours.backward()
+    ours_gradient = tiny_model.get_input_embeddings().weight.grad.clone()
+    tiny_model.zero_grad()
+    reference = tiny_model(**batch).loss
+    reference.backward()
+    assert float(ours) == pytest.approx(float(reference), rel=1e-6)
+    torch.testing.assert_close(ours_gradient, tiny_model.get_input_embeddings().weight.grad, rtol=1e-5, atol=1e-7)

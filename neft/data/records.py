@@ -27,6 +27,10 @@ class Example:
     target: str
 
 
+def translation_example(example_id: str, instruction: str, source: str, target: str) -> Example:
+    return Example(id=example_id, prompt=f"{instruction}\n\n{source.strip()}", target=target.strip())
+
+
 def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; a clear error naming file and line otherwise."""
     path = Path(path)

@@ -1,7 +1,8 @@
 """One entry point per task source; each returns {train, valid, test} lists of `Example`.
 
-Sources: `sword` (the offline Bible default), `aclsum` (offline summarisation), `jsonl` (your own
-files), `hub_translation` (a hub parallel corpus for training and a hub test set, for GPU users).
+Sources: `sword` (the offline Bible default), `aclsum` (offline summarisation), `gettext` (offline
+software messages, English -> Chinese), `jsonl` (your own files), `hub_translation` (a hub parallel
+corpus for training and a hub test set, for GPU users).
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from neft.config import TASK_SOURCES, TaskConfig
-from neft.data.records import DataError, Example, json_lines, require_text_fields, subsample
+from neft.data.records import DataError, Example, json_lines, require_text_fields, subsample, translation_example
 
 SPLITS = ("train", "valid", "test")
-
-
-def translation_example(example_id: str, instruction: str, source: str, target: str) -> Example:
-    return Example(id=example_id, prompt=f"{instruction}\n\n{source.strip()}", target=target.strip())
 
 
 def _read_user_jsonl(path: Path, source_field: str, target_field: str, instruction: str) -> list[Example]:
@@ -109,11 +106,38 @@ def aclsum_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
     )
 
 
+def gettext_splits(task: TaskConfig, seed: int) -> dict[str, list[Example]]:
+    from neft.data.gettext import build_gettext_splits
+
+    return build_gettext_splits(
+        packages=task.packages,
+        locale_dir=Path(task.locale_dir),
+        language=task.language,
+        valid_packages=task.valid_packages,
+        test_packages=task.test_packages,
+        min_words=task.min_words,
+        instruction=task.instruction,
+        max_examples={split: getattr(task.max_examples, split) for split in SPLITS},
+        seed=seed,
+    )
+
+
+def source_manifest(task: TaskConfig) -> dict[str, Any]:
+    """What the task's data was read from, where the files can change under the pipeline (system
+    packages): recorded in data/prepared/summary.json so that a changed source changes an output."""
+    if task.source == "gettext":
+        from neft.data.gettext import catalog_manifest
+
+        return {"packages": catalog_manifest(task.packages, Path(task.locale_dir), task.language)}
+    return {}
+
+
 BUILDERS: dict[str, Callable[[TaskConfig, int], dict[str, list[Example]]]] = {
     "sword": sword_splits,
     "aclsum": aclsum_splits,
     "jsonl": jsonl_splits,
     "hub_translation": hub_translation_splits,
+    "gettext": gettext_splits,
 }
 
 
