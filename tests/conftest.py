@@ -90,6 +90,27 @@ def commit(repo: Path, message: str) -> None:
     run(["git", "commit", "-qm", message], repo)
 
 
+@pytest.fixture(scope="session")
+def committed_tiny_run(tmp_path_factory) -> tuple[Path, str, str]:
+    """The suite's one full run of the tiny pipeline, which both end-to-end modules copy
+    (`copy_repository`): a git+DVC copy of the project whose first commit has no pipeline run, then
+    `scripts/ci_pipeline.py --base HEAD` on it (it reproduces HEAD in a worktree for the
+    `model=tiny-llama task=jsonl` params and checks out that run), committed. Returns the
+    repository, the script's output and the commit of the run."""
+    repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-tiny-run"), ("reports/", "artifacts/", "data/prepared"))
+    commit(repo, "project, params.yaml for the default config")
+    output = run([sys.executable, "scripts/ci_pipeline.py", "--base", "HEAD"], repo).stdout
+    commit(repo, "tiny run")
+    return repo, output, run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+def copy_repository(source: Path, destination: Path) -> Path:
+    """A private copy of a git+DVC repository, cache included; DVC's state database is left out
+    (it is keyed by the original files' inodes)."""
+    shutil.copytree(source, destination, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder) == source / ".dvc" else [])
+    return destination
+
+
 def copy_project_into_new_repo(repo: Path, skip_prefixes: tuple[str, ...]) -> Path:
     """Copy the project's files (tracked and untracked, not ignored; not dvc.lock nor those under
     `skip_prefixes`) into `repo` and make it a git repository with nothing committed yet."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import commit, copy_project_into_new_repo, run, stages_run
+from conftest import commit, copy_repository, run, stages_run
 from test_pipeline_e2e import (  # the stage sets, kept in one place
     ALL_STAGES,
     RATIO_DOWNSTREAM,
@@ -68,14 +68,11 @@ def set_ratio(repo: Path, ratio: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, str, str]:
-    """A git+DVC copy of the project whose first commit has no pipeline run, the output of the
-    script's first run on it, `--base HEAD`, committed as the second commit, and that commit."""
-    repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-ci"), ("reports/", "artifacts/", "data/prepared"))
-    commit(repo, "project, params.yaml for the default config")
-    first = ci_pipeline(repo, "--base", "HEAD").stdout
-    commit(repo, "tiny run")
-    return repo, first, run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+def tiny_run(committed_tiny_run, tmp_path_factory) -> tuple[Path, str, str]:
+    """A copy of the session's committed tiny run: the project with no run in its first commit, the
+    output of the script's first run on it (`--base HEAD`), and the commit of that run."""
+    repo, first, tiny_run_commit = committed_tiny_run
+    return copy_repository(repo, tmp_path_factory.mktemp("neft-ci") / "repo"), first, tiny_run_commit
 
 
 @pytest.fixture
