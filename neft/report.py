@@ -49,8 +49,8 @@ def significance_table(kind: str, predictions: dict[str, pd.DataFrame], options:
 
 def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_reported: tuple[str, ...],
                      significance: pd.DataFrame) -> dict[str, Any]:
-    """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu and
-    significance.neft_vs_lora.bleu_p."""
+    """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu,
+    neft.bleu_ci95 (half-width of the bootstrap 95 % interval) and significance.neft_vs_lora.bleu_p."""
     keep = ("trainable_percent", *metrics_reported, "train_seconds", "peak_memory_mb")
     document: dict[str, Any] = {
         row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
@@ -60,6 +60,9 @@ def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_
     document["mask"] = {name: mask_summary[name] for name in mask_keys}
     document["significance"] = {}
     for row in significance.to_dict("records"):
+        system, baseline = row["comparison"].split(" - ")
+        for method, interval in ((system, row["system_ci95"]), (baseline, row["baseline_ci95"])):
+            document[method][f"{row['metric']}_ci95"] = _plain(interval)  # one resampling seed: equal in every comparison
         entry = document["significance"].setdefault(row["comparison"].replace(" - ", "_vs_"), {})
         entry.update({f"{row['metric']}_difference": _plain(row["difference"]), f"{row['metric']}_p": _plain(row["p_value"])})
     return document

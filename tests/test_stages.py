@@ -189,7 +189,11 @@ def test_report_writes_the_table_significance_and_metrics(workspace):
     document = report(workspace)
     assert set(document) == {"base", "full", "neft", "lora", "mask", "significance"}
     assert (document["mask"]["tied_at_cutoff"], document["mask"]["decided_by_tiebreak"]) == (1, 0)
-    assert len(pd.read_csv("reports/significance.csv")) == 3 * 2  # 3 comparisons x BLEU, chrF
+    significance = pd.read_csv("reports/significance.csv")
+    assert len(significance) == 3 * 2  # 3 comparisons x BLEU, chrF
+    for method in ("base", "full", "neft", "lora"):  # each method's score with its 95 % interval
+        assert document[method]["bleu_ci95"] >= 0 and document[method]["chrf_ci95"] >= 0
+    assert set(significance[significance["metric"] == "bleu"]["system_ci95"].round(4)) == {document["neft"]["bleu_ci95"]}
     rerun_gives_the_same_bytes(["reports/metrics.json"], lambda: report(workspace))
 
 
