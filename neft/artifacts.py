@@ -23,6 +23,9 @@ MASK_SUMMARY_FILE = MASK_DIR / "summary.json"
 BUDGET_FILE = Path("artifacts/budget.json")
 REPORTS_DIR = Path("reports")
 ANALYSIS_DIR = REPORTS_DIR / "analysis"
+# Training checkpoints: outside every stage's outputs, so DVC neither deletes them before a rerun
+# nor counts them; a stage removes its own once its result is saved. Git ignores them.
+CHECKPOINTS_DIR = Path("checkpoints")
 
 
 def weights_dir(run: str) -> Path:
@@ -33,6 +36,10 @@ def weights_dir(run: str) -> Path:
 def export_dir(method: str) -> Path:
     """A trained method as a plain transformers model directory (merged), to take away."""
     return Path("artifacts/export") / method
+
+
+def checkpoint_dir(run: str) -> Path:
+    return CHECKPOINTS_DIR / run
 
 
 def train_log_dir(run: str) -> Path:

@@ -80,6 +80,8 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata=NON_NEGATIVE)
     max_grad_norm: float | None = field(default=1.0, metadata=_check(lambda v: v is None or v > 0, "a number > 0 or null"))
     gradient_checkpointing: bool = False
+    # Save the training state every this many steps, so a killed stage resumes there (0: never).
+    checkpoint_every: int = field(default=50, metadata=NON_NEGATIVE)
 
     def problems(self) -> list[str]:
         if self.warmup_steps >= self.steps:

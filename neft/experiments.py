@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 METHODS = ("base", "full", "neft", "lora")
-GROUP_KEYS = ("task", "score_form", "ratio", "strategy")
+GROUP_KEYS = ("task", "model", "score_form", "ratio", "strategy")
 # Runs from before `score.form` existed scored with the paper's fp32 cosine.
 SCORE_FORM_BEFORE_THE_OPTION = "fp32"
 
@@ -69,6 +69,9 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
         for method in METHODS:
             if method not in metrics:
                 continue
+            # NeFT's row carries the run's paired bootstrap against each baseline: neft_vs_lora.bleu_p, ...
+            tests = {f"{comparison}.{key}": value for comparison, values in (metrics.get("significance") or {}).items()
+                     for key, value in values.items()} if method == "neft" else {}
             rows.append({
                 "experiment": name,
                 "task": params["task"]["name"],
@@ -80,6 +83,7 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
                 "seed": params["seed"],
                 "method": method,
                 **metrics[method],
+                **tests,
             })
     frame = pd.DataFrame(rows)
     return frame.drop_duplicates(list(CONFIG_KEYS), keep="first").reset_index(drop=True) if rows else frame
@@ -123,6 +127,18 @@ def paired_differences(
     ).reset_index()
     summary["std"] = summary["std"].fillna(0.0)
     return summary
+
+
+def run_significance(rows: pd.DataFrame, metric: str, references: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:
+    """Per run: NeFT's score with its 95 % interval, and its paired-bootstrap difference and p-value
+    against each reference, as the run's report computed them on its test set."""
+    neft = rows[rows["method"] == "neft"].sort_values([*GROUP_KEYS, "seed"])
+    names = {column: column for column in (*GROUP_KEYS, "seed", metric, f"{metric}_ci95")}
+    for reference in references:
+        names[f"neft_vs_{reference}.{metric}_difference"] = f"neft - {reference}"
+        names[f"neft_vs_{reference}.{metric}_p"] = f"p (neft - {reference})"
+    present = [column for column in names if column in neft]
+    return neft[present].rename(columns=names).reset_index(drop=True)
 
 
 def budget_curve(rows: pd.DataFrame, metric: str, strategy: str = "cosine") -> pd.DataFrame:

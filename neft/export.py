@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from neft.delta import NeftDelta
+from neft.methods import save_lora_adapter
 
 
 def lora_factors(parts: dict[str, torch.Tensor], out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,5 +58,5 @@ def export_lora_adapter(base_model: nn.Module, delta: NeftDelta, out_dir: Path) 
             a, b = lora_factors(parts, base.out_features, base.in_features)
             layer.lora_A["default"].weight.copy_(a)
             layer.lora_B["default"].weight.copy_(b)
-    peft_model.save_pretrained(out_dir)
+    save_lora_adapter(peft_model, out_dir)
     return ranks

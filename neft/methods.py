@@ -4,6 +4,7 @@ and how a saved result is loaded back as a plain model. The training loop itself
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +72,22 @@ def lora_rank_for_budget(model: nn.Module, budget: int, targets: tuple[str, ...]
     return max(1, round(budget / lora_parameters_per_rank(model, targets)))
 
 
+def save_lora_adapter(peft_model: PeftModel, out_dir: Path) -> None:
+    """peft's save_pretrained, with adapter_config.json's target_modules sorted: peft keeps them in a
+    set, whose order (and so the file's bytes) would change with each process's hash seed."""
+    peft_model.save_pretrained(out_dir)
+    config_file = Path(out_dir) / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def lora_finetuning(model: nn.Module, rank: int, alpha: float, dropout: float = 0.0) -> TrainableModel:
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS), bias="none")
     peft_model = get_peft_model(model, config)
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
-    return TrainableModel(peft_model, parameters, save=lambda out: peft_model.save_pretrained(out), details={"lora_rank": rank})
+    return TrainableModel(peft_model, parameters, save=lambda out: save_lora_adapter(peft_model, out), details={"lora_rank": rank})
 
 
 @dataclass(frozen=True)

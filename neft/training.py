@@ -6,14 +6,22 @@ bf16 autocast, validation loss every `eval_every` steps, and the best step's par
 at the end (the paper keeps the checkpoint with the lowest validation loss). Step times, the
 training window's peak memory and the optimizer-state bytes come from `neft.measure`, as in the
 benchmark.
+
+With `Checkpoints`, the loop saves everything it needs to continue every `every` steps (trainable
+parameters, optimizer, scheduler, RNG states, the data position, the best-so-far state and the log),
+atomically, and a run started again picks up after the last checkpoint whose fingerprint matches,
+ending with the same losses and parameters as a run that was never stopped (bit-equal on CPU).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -57,6 +65,51 @@ class TrainResult:
     memory_kind: str = ""
     optimizer_state_bytes: int = 0
     gradient_bytes: int = 0
+    resumed_from_step: int = 0  # 0: started from scratch
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Where and how often the loop checkpoints, and what the run is made of: a checkpoint whose
+    fingerprint differs (other config, data or weights) belongs to another run and is ignored."""
+
+    directory: Path
+    every: int
+    fingerprint: str
+
+    FORMAT = "neft-checkpoint/v1"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory) / "checkpoint.pt"
+
+    def save(self, state: dict) -> None:
+        """Write through a temporary file and an atomic rename: a kill mid-write leaves the last one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save({"format": self.FORMAT, "fingerprint": self.fingerprint, **state}, scratch)
+        os.replace(scratch, self.path)
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("format") != self.FORMAT or state.get("fingerprint") != self.fingerprint:
+            return None
+        return state
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _rng_states() -> dict[str, object]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _restore_rng_states(states: dict[str, object]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -110,8 +163,10 @@ def train(
     valid_batches: Sequence[dict[str, torch.Tensor]] = (),
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "train",
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
-    """Optimise `parameters` of `model` for `settings.steps` steps; everything else stays frozen."""
+    """Optimise `parameters` of `model` for `settings.steps` steps; everything else stays frozen.
+    `batches` must be the same deterministic sequence on every attempt (it is replayed to resume)."""
     if not parameters:
         raise ValueError("no trainable parameters")
     device = model_device(model)
@@ -121,9 +176,31 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(settings.warmup_steps, settings.steps))
     result = TrainResult()
     best_state: list[torch.Tensor] | None = None
+    history: list[tuple[int, dict[str, float]]] = []  # what on_step was given, replayed on resume
+    first_step = 1
+    saved = checkpoints.load() if checkpoints else None
+    if saved is not None:
+        with torch.no_grad():
+            for parameter, value in zip(parameters, saved["parameters"], strict=True):
+                parameter.copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        result = TrainResult(**saved["result"])
+        timer.seconds.extend(result.step_seconds)
+        best_state = saved["best_state"]
+        history = [(step, dict(logged)) for step, logged in saved["history"]]
+        for _ in range(saved["step"]):  # the data position: the same batches, skipped
+            next(batches)
+        _restore_rng_states(saved["rng"])
+        for step, logged in history:
+            if on_step:
+                on_step(step, logged)
+        first_step = saved["step"] + 1
+        result.resumed_from_step = saved["step"]
     model.train()
-    start = time.perf_counter()
-    progress = tqdm(range(1, settings.steps + 1), desc=description, disable=None, dynamic_ncols=True)
+    start = time.perf_counter() - result.seconds
+    progress = tqdm(range(first_step, settings.steps + 1), desc=description, disable=None, dynamic_ncols=True,
+                    initial=first_step - 1, total=settings.steps)
     for step in progress:
         batch = next(batches)
         timer.start()
@@ -151,8 +228,14 @@ def train(
                     best_state = [p.detach().clone() for p in parameters]
                 else:
                     best_state = None  # the current parameters are the best: nothing to restore
+        history.append((step, logged))
         if on_step:
             on_step(step, logged)
+        if checkpoints and checkpoints.every and step % checkpoints.every == 0 and step != settings.steps:
+            result.seconds, result.step_seconds = time.perf_counter() - start, list(timer.seconds)
+            checkpoints.save({"step": step, "parameters": [p.detach() for p in parameters], "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "result": asdict(result), "best_state": best_state,
+                              "history": history, "rng": _rng_states()})
         progress.set_description(f"{description}|step {step}|loss {result.losses[-1]:.4f}")
     if best_state is not None:
         with torch.no_grad():

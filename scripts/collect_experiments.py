@@ -22,7 +22,15 @@ from pathlib import Path
 
 from neft.config import MetricOptions
 from neft.evaluation import metric_names
-from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, plot_budget_curve, seed_summary
+from neft.experiments import (
+    budget_curve,
+    controls_table,
+    experiment_rows,
+    paired_differences,
+    plot_budget_curve,
+    run_significance,
+    seed_summary,
+)
 
 
 def main() -> None:
@@ -48,10 +56,12 @@ def main() -> None:
             controls = controls_table(part, metric)
             seeds = seed_summary(part, metric)
             differences = paired_differences(part, metric)
+            tests = run_significance(part, metric)
             curve.to_csv(args.out / f"budget_curve_{stem}.csv", index=False)
             controls.to_csv(args.out / f"controls_{stem}.csv", index=False)
             seeds.to_csv(args.out / f"seeds_{stem}.csv", index=False)
             differences.to_csv(args.out / f"differences_{stem}.csv", index=False)
+            tests.to_csv(args.out / f"significance_{stem}.csv", index=False)
             plot_budget_curve(curve, metric, str(args.out / f"budget_curve_{stem}.png"))
             sections += [
                 f"### {metric}", "",
@@ -60,6 +70,8 @@ def main() -> None:
                 "", "Every method, mean +/- std over seeds:", "", seeds.to_markdown(index=False, floatfmt=".3g"),
                 "", "Paired differences within each run, mean +/- std over seeds (wins: runs where NeFT is higher):", "",
                 differences.to_markdown(index=False, floatfmt=".3g"),
+                "", "Each run's paired bootstrap on its test set (NeFT's score +/- its 95 % interval; difference and p "
+                "against each baseline; p > 0.05: within noise):", "", tests.to_markdown(index=False, floatfmt=".3g"),
                 "", f"![budget curve, {metric}](budget_curve_{stem}.png)", "",
             ]
     (args.out / "summary.md").write_text("# Experiments\n\n" + "\n".join(sections))

@@ -8,6 +8,9 @@ which parameters train (`neft.methods.setup_method`) and how the result is saved
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 from dvclive import Live
 
-from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, MASK_FILE, read_budget, train_log_dir, weights_dir
+from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
 from neft.config import Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
@@ -23,7 +26,7 @@ from neft.masks import ModelShape, load_mask, validate_mask
 from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.tokenization import encode_all, evaluation_batches, training_batches
-from neft.training import TrainSettings
+from neft.training import Checkpoints, TrainSettings
 from neft.training import train as train_loop
 from stages._common import run_stage
 
@@ -87,6 +90,11 @@ def train(run: str, config: Config) -> dict[str, Any]:
     total = count_parameters(model)  # before adapters or deltas add their own
     trainable = setup_run(run, model, config)
     log_dir = train_log_dir(run)
+    # Everything this run's result depends on (params this stage reads, inputs): another checkpoint is not resumed.
+    recipe = {"run": run, "settings": dataclasses.asdict(settings), "seed": seed, "batch_size": batch_size,
+              "max_length": max_length, "dtype": config.model.dtype, "device": str(device),
+              "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
+    checkpoints = Checkpoints(checkpoint_dir(run), config.train.checkpoint_every, run_fingerprint(run, recipe))
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
         result = train_loop(
             trainable.model,
@@ -96,6 +104,7 @@ def train(run: str, config: Config) -> dict[str, Any]:
             evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
             on_step=_dvclive_logger(live),
             description=run,
+            checkpoints=checkpoints,
         )
     summary = {
         "run": run,
@@ -117,6 +126,7 @@ def train(run: str, config: Config) -> dict[str, Any]:
         "final_loss": result.losses[-1],
         "best_step": result.best_step,
         "best_valid_loss": result.best_valid_loss,
+        "resumed_from_step": result.resumed_from_step,
         "device": str(device),
         "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
         **trainable.details,
@@ -125,7 +135,18 @@ def train(run: str, config: Config) -> dict[str, Any]:
         trainable.save(scratch)
         write_json(scratch / "train_summary.json", summary)
     write_json(log_dir / "summary.json", summary)
+    checkpoints.remove()
     return summary
+
+
+def run_fingerprint(run: str, recipe: dict[str, Any]) -> str:
+    """What a run is made of: its recipe and the identity (path, size, modification time) of every
+    input file. Identity rather than content: hashing a 7B model's shards at every start would cost
+    minutes, and DVC rewrites a changed input, which changes its modification time."""
+    inputs = [DATA_DIR / "train.jsonl", DATA_DIR / "valid.jsonl", *sorted(BASE_MODEL_DIR.iterdir())]
+    inputs += {"neft": [MASK_FILE], "lora": [BUDGET_FILE]}.get(run, [])
+    identity = [recipe] + [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in inputs]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _dvclive_logger(live: Live) -> Callable[[int, dict[str, float]], None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ from neft import OFFLINE_ENVIRONMENT, use_offline_environment
 
 use_offline_environment()  # before anything imports huggingface_hub, which reads it once
 
+from neft.config import Config, compose_config  # noqa: E402
 from neft.masks import ModelShape, NeuronMask  # noqa: E402
 from neft.models import build_random_model, byte_level_tokenizer  # noqa: E402
 
@@ -64,6 +67,77 @@ def random_batch(vocab_size: int, batch: int = 4, length: int = 12, seed: int = 
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (batch, length), generator=generator)
     return {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
+
+
+# --- every stage in-process on the tiny model, in a temporary project directory -------------------
+
+TINY = ["model=tiny-llama", "task=jsonl"]
+
+
+@contextlib.contextmanager
+def inside(directory: Path):
+    previous = Path.cwd()
+    os.chdir(directory)
+    try:
+        yield directory
+    finally:
+        os.chdir(previous)
+
+
+class RecordedConfig:
+    """A Config that notes the key path of every value a stage reads into `reads`."""
+
+    def __init__(self, section: object, reads: set[str], path: str = ""):
+        self._section, self._reads, self._path = section, reads, path
+
+    def __getattr__(self, name: str):
+        value = getattr(self._section, name)
+        key = f"{self._path}.{name}" if self._path else name
+        if dataclasses.is_dataclass(value):
+            return RecordedConfig(value, self._reads, key)
+        self._reads.add(key)
+        return value
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> tuple[Path, Config, dict[str, set[str]]]:
+    """A project directory after every stage ran once, in-process and in dvc.yaml's order, its
+    config, and the params keys each dvc.yaml stage read (tests/test_stages.py, tests/test_resume.py).
+    Tests may rerun stages in it only in ways that leave the same bytes behind."""
+    from stages.analyze import analyze
+    from stages.evaluate import evaluate
+    from stages.export import export
+    from stages.mask import mask
+    from stages.prepare_data import prepare_data
+    from stages.prepare_model import prepare_model
+    from stages.report import report
+    from stages.score import score
+    from stages.train import train
+
+    directory = tmp_path_factory.mktemp("stages")
+    shutil.copytree(ROOT / "data/custom", directory / "data/custom")
+    config = compose_config(TINY)
+    reads: dict[str, set[str]] = {}
+
+    def recorded(stage: str) -> Config:
+        return RecordedConfig(config, reads.setdefault(stage, set()))
+
+    with inside(directory):
+        prepare_data(recorded("prepare_data"))
+        prepare_model(recorded("prepare_model"))
+        train("probe", recorded("probe"))
+        score(recorded("score"))
+        mask(recorded("mask"))
+        for method in ("full", "neft", "lora"):
+            train(method, recorded(f"train_{method}"))
+        evaluate("base", recorded("evaluate_base"))
+        for method in ("full", "neft", "lora"):
+            evaluate(method, recorded(f"evaluate@{method}"))
+        for method in ("full", "neft", "lora"):
+            export(method, recorded(f"export@{method}"))
+        analyze(recorded("analyze"))
+        report(recorded("report"))
+    return directory, config, reads
 
 
 # --- the project in a temporary git repository (end-to-end and CI tests) ------------------------

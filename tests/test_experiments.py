@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, seed_summary
+from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, run_significance, seed_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +19,9 @@ def revision(name, ratio, seed, strategy, neft_bleu, lora_bleu):
     }
     metrics = {
         "base": {"trainable_percent": 0.0, "bleu": 1.0},
-        "neft": {"trainable_percent": 100 * ratio, "bleu": neft_bleu},
+        "neft": {"trainable_percent": 100 * ratio, "bleu": neft_bleu, "bleu_ci95": 1.5},
         "lora": {"trainable_percent": 100 * ratio + 0.1, "bleu": lora_bleu},
+        "significance": {"neft_vs_lora": {"bleu_difference": neft_bleu - lora_bleu, "bleu_p": 0.01 * seed + 0.02}},
     }
     data = {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}}
     return {"rev": name, "name": name, "data": data}
@@ -75,6 +76,14 @@ def test_paired_differences_subtract_within_each_run_then_average_over_seeds():
     assert at_default.loc["neft - lora", "seeds"] == 2 and at_default.loc["neft - lora", "wins"] == 2
     random_control = differences[differences["strategy"] == "random"].iloc[0]
     assert random_control["mean"] == pytest.approx(-3.0) and random_control["wins"] == 0
+
+
+def test_each_runs_significance_is_collected_with_neft_and_its_interval():
+    tests = run_significance(experiment_rows(exp_show()), "bleu")
+    cosine = tests[(tests["strategy"] == "cosine") & (tests["ratio"] == 0.06)]
+    assert list(cosine["seed"]) == [0, 1]
+    assert list(cosine["bleu"]) == [10.0, 12.0] and set(cosine["bleu_ci95"]) == {1.5}
+    assert list(cosine["neft - lora"]) == [2.0, 3.0] and list(cosine["p (neft - lora)"]) == [0.02, 0.03]
 
 
 def test_budget_curve_has_neft_and_lora_per_ratio_from_cosine_masks_only():

@@ -5,29 +5,25 @@ stage are exactly the keys the stage reads."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import random_batch
+from conftest import inside, random_batch
 from peft import PeftModel
 from test_dependencies import STAGES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from neft.config import Config, compose_config
 from neft.delta import load_delta
 from neft.errors import UserError
 from neft.evaluation import generate_greedy
 from neft.models import load_model
 from stages.analyze import analyze
 from stages.evaluate import evaluate
-from stages.export import LORA_ADAPTER, export
+from stages.export import LORA_ADAPTER
 from stages.mask import mask
 from stages.prepare_data import prepare_data
 from stages.prepare_model import prepare_model
@@ -36,62 +32,6 @@ from stages.score import score
 from stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny-llama", "task=jsonl"]
-
-
-@contextlib.contextmanager
-def inside(directory: Path):
-    previous = Path.cwd()
-    os.chdir(directory)
-    try:
-        yield directory
-    finally:
-        os.chdir(previous)
-
-
-class RecordedConfig:
-    """A Config that notes the key path of every value a stage reads into `reads`."""
-
-    def __init__(self, section: object, reads: set[str], path: str = ""):
-        self._section, self._reads, self._path = section, reads, path
-
-    def __getattr__(self, name: str):
-        value = getattr(self._section, name)
-        key = f"{self._path}.{name}" if self._path else name
-        if dataclasses.is_dataclass(value):
-            return RecordedConfig(value, self._reads, key)
-        self._reads.add(key)
-        return value
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, Config, dict[str, set[str]]]:
-    """A project directory after every stage ran once, in dvc.yaml's order, its config, and the
-    params keys each dvc.yaml stage read."""
-    directory = tmp_path_factory.mktemp("stages")
-    shutil.copytree(ROOT / "data/custom", directory / "data/custom")
-    config = compose_config(TINY)
-    reads: dict[str, set[str]] = {}
-
-    def recorded(stage: str) -> Config:
-        return RecordedConfig(config, reads.setdefault(stage, set()))
-
-    with inside(directory):
-        prepare_data(recorded("prepare_data"))
-        prepare_model(recorded("prepare_model"))
-        train("probe", recorded("probe"))
-        score(recorded("score"))
-        mask(recorded("mask"))
-        for method in ("full", "neft", "lora"):
-            train(method, recorded(f"train_{method}"))
-        evaluate("base", recorded("evaluate_base"))
-        for method in ("full", "neft", "lora"):
-            evaluate(method, recorded(f"evaluate@{method}"))
-        for method in ("full", "neft", "lora"):
-            export(method, recorded(f"export@{method}"))
-        analyze(recorded("analyze"))
-        report(recorded("report"))
-    return directory, config, reads
 
 
 @pytest.fixture
