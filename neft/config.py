@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ FRACTION = _check(lambda v: 0 < v < 1, "a number in (0, 1)")
 @dataclass(frozen=True)
 class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # GPUs: torch's deterministic algorithms (slower); CPU runs are deterministic without it.
+    deterministic: bool = False
     # auto: bf16 where the device has native bf16, else the model's dtype; a dtype name; null: the model's.
     autocast: str | None = field(default="auto", metadata=_check(lambda v: v is None or v == "auto" or v in DTYPES,
                                                                    f"auto, null or one of {list(DTYPES)}"))
@@ -394,10 +397,16 @@ def compose_config(overrides: list[str] | None = None, config_dir: Path = CONFIG
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    if runtime.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device to compute on, with torch's deterministic algorithms switched on if asked."""
     if runtime.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("runtime.device = 'cuda' but no CUDA device is visible; use runtime.device=auto or cpu")
+    if runtime.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; it reads this when its handle is created.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(runtime.deterministic)
+    if runtime.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(runtime.device)
 
 

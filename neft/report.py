@@ -51,7 +51,7 @@ def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_
                      significance: pd.DataFrame) -> dict[str, Any]:
     """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu,
     neft.bleu_ci95 (half-width of the bootstrap 95 % interval) and significance.neft_vs_lora.bleu_p."""
-    keep = ("trainable_percent", *metrics_reported, "train_seconds", "peak_memory_mb")
+    keep = ("trainable_percent", *metrics_reported)
     document: dict[str, Any] = {
         row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
     }
@@ -66,6 +66,14 @@ def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_
         entry = document["significance"].setdefault(row["comparison"].replace(" - ", "_vs_"), {})
         entry.update({f"{row['metric']}_difference": _plain(row["difference"]), f"{row['metric']}_p": _plain(row["p_value"])})
     return document
+
+
+def cost_document(table: pd.DataFrame) -> dict[str, Any]:
+    """reports/cost.json: each trained method's training time and peak memory. Apart from
+    metrics.json, whose bytes a seed fixes; these are measurements and differ between runs."""
+    columns = ("train_seconds", "seconds_per_step", "peak_memory_mb")
+    return {row["method"]: {name: _plain(row[name]) for name in columns if pd.notna(row[name])}
+            for row in table.to_dict("records") if row["method"] != "base"}
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """Stage report: one table of every method (trainable share, quality, cost), NeFT's paired-bootstrap
 significance against each baseline, and plots.
 
-Usage: python -m stages.report            (writes reports/{metrics.json,results.md,results.csv,significance.csv,plots/})
+Usage: python -m stages.report            (writes reports/{metrics.json,cost.json,results.md,results.csv,significance.csv,plots/})
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from neft.config import Config
 from neft.evaluation import metric_names
 from neft.io import read_json, write_json
 from neft.methods import EVAL_METHODS
-from neft.report import markdown_report, method_rows, metrics_document, plot_losses, plot_neurons_per_layer, significance_table
+from neft.report import (
+    cost_document,
+    markdown_report,
+    method_rows,
+    metrics_document,
+    plot_losses,
+    plot_neurons_per_layer,
+    significance_table,
+)
 from stages._common import run_stage
 
 
@@ -39,6 +47,7 @@ def report(config: Config, reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
     significance.to_csv(reports_dir / "significance.csv", index=False)
     (reports_dir / "results.md").write_text(markdown_report(table, config, signatures, mask_summary, significance))
     write_json(reports_dir / "metrics.json", document)
+    write_json(reports_dir / "cost.json", cost_document(table))
     return document
 
 

@@ -1,6 +1,7 @@
 """params.yaml is what conf/ composes to, and it loads into one typed Config: every mistake in it
 is reported at once, naming the key, the value and what is allowed."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,14 @@ def test_auto_autocast_is_bfloat16_only_where_the_cpu_has_native_bf16(monkeypatc
     assert autocast_dtype(RuntimeConfig(device="cpu", autocast="auto")) == expected
     assert autocast_dtype(RuntimeConfig(device="cpu", autocast="bfloat16")) == torch.bfloat16
     assert autocast_dtype(RuntimeConfig(device="cpu", autocast=None)) is None
+
+
+def test_the_deterministic_switch_sets_torchs_deterministic_algorithms(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        resolve_device(RuntimeConfig(device="cpu", deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        resolve_device(RuntimeConfig(device="cpu"))
+    assert not torch.are_deterministic_algorithms_enabled()

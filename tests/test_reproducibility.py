@@ -1,6 +1,9 @@
-"""A training stage killed with SIGKILL resumes from its last checkpoint and ends exactly where an
-uninterrupted run ends: same losses, same saved bytes (CPU, fp32, the tiny model). The kills are
-real: the stage runs in a subprocess that SIGKILLs itself at the chosen step."""
+"""Same seed, same bytes, whatever happens to the process (CPU, fp32, the tiny model):
+
+- stages rerun in a fresh process (another hash seed) write the bytes the first run wrote;
+- a training stage killed with SIGKILL resumes from its last checkpoint and ends exactly where an
+  uninterrupted run ends: same losses, same saved bytes. The kills are real: the stage runs in a
+  subprocess that SIGKILLs itself at the chosen step."""
 
 from __future__ import annotations
 
@@ -86,6 +89,37 @@ def test_a_killed_stage_resumes_and_ends_as_an_uninterrupted_run(project, name, 
     assert (summary["first_loss"], summary["final_loss"], summary["best_step"], summary["best_valid_loss"]) == (
         uninterrupted[2]["first_loss"], uninterrupted[2]["final_loss"], uninterrupted[2]["best_step"], uninterrupted[2]["best_valid_loss"])
     assert not (directory / checkpoint_dir(name)).exists()
+
+
+# Artifacts a seed fixes, by the stage that writes them (timings live apart, in reports/cost.json).
+DETERMINED = {
+    "score": ["artifacts/scores/scores.parquet"],
+    "mask": ["artifacts/mask/mask.json", "artifacts/mask/summary.json"],
+    "train('neft'": ["artifacts/train/neft/neft_delta.safetensors", "artifacts/train/neft/neft_config.json"],
+    "evaluate('neft'": ["reports/eval/neft/predictions.jsonl"],
+    "report(": ["reports/metrics.json", "reports/significance.csv"],
+}
+RERUN = """
+from neft.config import load_config
+from stages.evaluate import evaluate
+from stages.mask import mask
+from stages.report import report
+from stages.score import score
+from stages.train import train
+config = load_config()
+score(config); mask(config); train('neft', config); evaluate('neft', config); report(config)
+"""
+
+
+def test_stages_rerun_in_a_fresh_process_write_the_same_bytes(project):
+    directory = project[0]
+    (directory / "params.yaml").write_text(yaml.safe_dump(compose_params(TINY)))
+    paths = [path for written in DETERMINED.values() for path in written]
+    assert all(call in RERUN for call in DETERMINED)
+    before = {path: (directory / path).read_bytes() for path in paths}
+    run(["python", "-c", RERUN], directory, PYTHONPATH=str(ROOT), PYTHONHASHSEED="12345")
+    changed = [path for path in paths if (directory / path).read_bytes() != before[path]]
+    assert not changed, f"rerun with the same seed in another process changed {changed}"
 
 
 class Interrupted(Exception):
