@@ -20,7 +20,7 @@ merging a loaded file.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -59,6 +59,9 @@ class NeftConfig:
     ratio: float
     d_model: int
     format: str = DELTA_FORMAT
+    # Fingerprints (neft.provenance) of the base weights and mask.json it was trained from; "" unknown.
+    base_fingerprint: str = ""
+    mask_fingerprint: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,15 +75,19 @@ class NeftConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("base_fingerprint", "mask_fingerprint"):
+            if not isinstance(getattr(self, name), str):
+                problems.append(f"{name} must be a string (a sha256, or empty), got {getattr(self, name)!r}")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0 < self.ratio < 1:
             problems.append(f"ratio must be a number in (0, 1), got {self.ratio!r}")
         if problems:
             raise DeltaError(f"invalid {DELTA_CONFIG}: " + "; ".join(problems))
 
     @classmethod
-    def for_mask(cls, mask: NeuronMask, base_model: str) -> NeftConfig:
+    def for_mask(cls, mask: NeuronMask, base_model: str, base_fingerprint: str = "", mask_fingerprint: str = "") -> NeftConfig:
         kinds = tuple(kind for kind in NEURON_KINDS if mask.indices.get(kind))
-        return cls(base_model, kinds, mask.num_neurons, mask.ratio, mask.shape.d_model)
+        return cls(base_model, kinds, mask.num_neurons, mask.ratio, mask.shape.d_model,
+                   base_fingerprint=base_fingerprint, mask_fingerprint=mask_fingerprint)
 
     def to_json(self) -> dict:
         return {**asdict(self), "kinds": list(self.kinds)}
@@ -90,7 +97,8 @@ class NeftConfig:
         names = [f.name for f in fields(cls)]
         if not isinstance(data, dict):
             raise DeltaError(f"{source}: expected a JSON object with {names}, got {type(data).__name__}")
-        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data and n != "format"]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data and n not in optional]
         if unknown or missing:
             raise DeltaError(f"{source}: unknown keys {unknown}, missing keys {missing}; a {DELTA_FORMAT} config has {names}")
         kinds = data["kinds"]

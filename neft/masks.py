@@ -60,6 +60,8 @@ class NeuronMask:
     ratio: float
     strategy: str = "cosine"
     indices: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    # Fingerprints (neft.provenance) of the base model and the probe whose scores chose the neurons.
+    made_from: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_neurons(self) -> int:
@@ -174,6 +176,7 @@ def mask_to_json(mask: NeuronMask) -> dict[str, Any]:
         "num_neurons": mask.num_neurons,
         "model": vars(mask.shape),
         "indices": {kind: {str(layer): ids for layer, ids in per_layer.items()} for kind, per_layer in mask.indices.items()},
+        "made_from": mask.made_from,
     }
 
 
@@ -185,6 +188,7 @@ def mask_from_json(data: dict[str, Any]) -> NeuronMask:
         ratio=float(data["ratio"]),
         strategy=data.get("strategy", "cosine"),
         indices={kind: {int(layer): list(ids) for layer, ids in per_layer.items()} for kind, per_layer in data["indices"].items()},
+        made_from=dict(data.get("made_from") or {}),
     )
     if mask.num_neurons != data["num_neurons"]:
         raise MaskError(f"mask file says {data['num_neurons']} neurons but lists {mask.num_neurons}")

@@ -5,7 +5,7 @@ and how a saved result is loaded back as a plain model. The training loop itself
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from neft.delta import NeftConfig, apply_delta, attach_deltas, load_delta, save_
 from neft.masks import NeuronMask
 from neft.models import load_model
 from neft.neurons import NEURON_KINDS, weight_name
+from neft.provenance import model_fingerprint, read_made_from, require_same
 
 METHODS = ("full", "neft", "lora")
 EVAL_METHODS = ("base", *METHODS)
@@ -47,10 +48,12 @@ def full_finetuning(model: nn.Module) -> TrainableModel:
     return TrainableModel(model, [p for p in model.parameters()], save=lambda out: model.save_pretrained(out))
 
 
-def neft_finetuning(model: nn.Module, mask: NeuronMask, base_model: str) -> TrainableModel:
+def neft_finetuning(model: nn.Module, mask: NeuronMask, base_model: str, made_from: Mapping[str, str] | None = None) -> TrainableModel:
+    """`made_from`: fingerprints of the base weights ("base_model") and mask.json ("mask") to record."""
     wrappers = attach_deltas(model, mask)
     parameters = [p for wrapper in wrappers.values() for p in (wrapper.row_delta, wrapper.column_delta) if p.numel()]
-    config = NeftConfig.for_mask(mask, base_model)
+    made_from = made_from or {}
+    config = NeftConfig.for_mask(mask, base_model, made_from.get("base_model", ""), made_from.get("mask", ""))
 
     def save(out_dir: Path) -> None:
         save_delta(wrappers, out_dir, config)
@@ -106,11 +109,12 @@ def setup_method(
     mask: NeuronMask | None = None,
     base_model: str = "",
     lora: LoraSettings | None = None,
+    made_from: Mapping[str, str] | None = None,
 ) -> TrainableModel:
     """Make `model` trainable the way `method` wants; the training loop afterwards is the same for all.
 
     probe, full: every parameter. neft: the mask's neurons, as deltas (needs `mask`; `base_model` is
-    recorded in the saved config). lora: adapters on every linear projection at the rank matching
+    recorded in the saved config, with the `made_from` fingerprints). lora: adapters on every linear projection at the rank matching
     `lora.budget`. dense_masked: the mask's neurons by zeroing gradients (a reference, not a method).
     """
     if method in ("probe", "full"):
@@ -118,7 +122,7 @@ def setup_method(
     if method in ("neft", "dense_masked"):
         if mask is None:
             raise ValueError(f"method {method!r} needs a mask")
-        return neft_finetuning(model, mask, base_model) if method == "neft" else dense_masked_finetuning(model, mask)
+        return neft_finetuning(model, mask, base_model, made_from) if method == "neft" else dense_masked_finetuning(model, mask)
     if method == "lora":
         if lora is None:
             raise ValueError("method 'lora' needs LoraSettings")
@@ -158,7 +162,12 @@ def load_trained_model(method: str, base_dir: Path, weights_dir: Path | None, dt
     if method == "full":
         return load_model(weights_dir, dtype)
     if method == "neft":
-        return apply_delta(load_model(base_dir, dtype), load_delta(weights_dir))
+        delta = load_delta(weights_dir)
+        require_same(f"the NeFT delta in {weights_dir}", delta.config.base_fingerprint, model_fingerprint(base_dir),
+                     f"the base model in {base_dir}")
+        return apply_delta(load_model(base_dir, dtype), delta)
     if method == "lora":
+        require_same(f"the LoRA adapter in {weights_dir}", read_made_from(weights_dir).get("base_model"), model_fingerprint(base_dir),
+                     f"the base model in {base_dir}")
         return PeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir).merge_and_unload()
     raise ValueError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")

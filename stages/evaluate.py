@@ -17,6 +17,7 @@ from neft.evaluation import generate_greedy, task_metrics
 from neft.io import atomic_directory, write_json
 from neft.methods import EVAL_METHODS, load_trained_model
 from neft.models import load_tokenizer, torch_dtype
+from neft.provenance import model_fingerprint
 from stages._common import run_stage
 
 
@@ -42,6 +43,8 @@ def evaluate(method: str, config: Config) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     metrics = task_metrics(task.kind, predictions, [e.target for e in examples], task.metric_options)
     metrics.update(method=method, test_examples=len(examples), generate_seconds=round(seconds, 1))
+    # The weights these predictions came from (neft.provenance fingerprints).
+    metrics["weights"] = {"base_model": model_fingerprint(BASE_MODEL_DIR), **({"trained": model_fingerprint(trained)} if trained else {})}
     with atomic_directory(eval_dir(method)) as scratch:
         rows = [
             {"id": e.id, "prompt": e.prompt, "reference": e.target, "prediction": p}

@@ -11,9 +11,9 @@ from typing import Any
 
 import pandas as pd
 
-from neft.artifacts import BUDGET_FILE, MASK_DIR, MASK_FILE, SCORES_FILE, read_model_shape
+from neft.artifacts import BUDGET_FILE, MASK_DIR, MASK_FILE, SCORES_DIR, SCORES_FILE, read_model_shape
 from neft.config import Config
-from neft.io import atomic_directory, write_json
+from neft.io import atomic_directory, read_json, write_json
 from neft.masks import build_mask_with_ties, save_mask, summarize_mask
 from stages._common import run_stage
 
@@ -26,6 +26,7 @@ def mask(config: Config, out_dir: Path = MASK_DIR, budget_file: Path = BUDGET_FI
     ratio = config.ratio
     scores = pd.read_parquet(SCORES_FILE)
     selected, ties = build_mask_with_ties(scores, read_model_shape(), ratio, config.mask.strategy, config.seed)
+    selected.made_from = read_json(SCORES_DIR / "summary.json")["made_from"]
     summary = {**summarize_mask(selected), "tied_at_cutoff": ties.tied_at_cutoff, "decided_by_tiebreak": ties.decided_by_tiebreak}
     if ties.decided_by_tiebreak > TIEBREAK_WARNING_SHARE * selected.num_neurons:
         logger.warning(

@@ -14,6 +14,7 @@ from neft.config import Config
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape
 from neft.models import load_source_model, save_model
+from neft.provenance import record_fingerprint
 from stages._common import run_stage
 
 
@@ -23,6 +24,7 @@ def prepare_model(config: Config, out_dir: Path = BASE_MODEL_DIR) -> dict[str, A
     shape = ModelShape.of(model)
     with atomic_directory(out_dir) as scratch:
         save_model(model, tokenizer, scratch)
+        record_fingerprint(scratch)
         write_json(scratch / MODEL_SHAPE_FILE.name, vars(shape))
     return {"model": config.model.name, **vars(shape), "seconds": round(time.perf_counter() - start, 1)}
 

@@ -13,6 +13,7 @@ from neft.artifacts import BASE_MODEL_DIR, PROBE_DIR, SCORES_DIR, SCORES_FILE
 from neft.config import Config
 from neft.io import atomic_directory, write_json
 from neft.neurons import score_neurons, score_resolution
+from neft.provenance import model_fingerprint
 from stages._common import run_stage
 
 
@@ -21,7 +22,8 @@ def score(config: Config, out_dir: Path = SCORES_DIR) -> dict[str, Any]:
     start = time.perf_counter()
     scores = score_neurons(BASE_MODEL_DIR, PROBE_DIR, kinds, form=form)
     seconds = time.perf_counter() - start
-    summary = {"neurons": len(scores), "form": form, "seconds": round(seconds, 3), **score_resolution(scores)}
+    summary = {"neurons": len(scores), "form": form, "seconds": round(seconds, 3), **score_resolution(scores),
+               "made_from": {"base_model": model_fingerprint(BASE_MODEL_DIR), "probe": model_fingerprint(PROBE_DIR)}}
     with atomic_directory(out_dir) as scratch:
         scores.to_parquet(scratch / SCORES_FILE.name, index=False)
         write_json(scratch / "summary.json", summary)

@@ -25,6 +25,7 @@ from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
+from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.tokenization import encode_all, evaluation_batches, training_batches
 from neft.training import Checkpoints, TrainSettings
 from neft.training import train as train_loop
@@ -36,7 +37,8 @@ def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableMode
     if run == "neft":
         mask = load_mask(MASK_FILE)
         validate_mask(mask, ModelShape.of(model))
-        return setup_method(run, model, mask=mask, base_model=config.model.name)
+        made_from = {"base_model": model_fingerprint(BASE_MODEL_DIR), "mask": file_sha256(MASK_FILE)}
+        return setup_method(run, model, mask=mask, base_model=config.model.name, made_from=made_from)
     if run == "lora":
         lora = config.methods.lora
         return setup_method(run, model, lora=LoraSettings(read_budget(), lora.alpha, lora.dropout))
@@ -69,7 +71,8 @@ def train(run: str, config: Config) -> dict[str, Any]:
         raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
     # Fail on a bad mask or budget before loading anything heavy.
     if run == "neft":
-        load_mask(MASK_FILE)
+        require_same(f"the mask {MASK_FILE}", load_mask(MASK_FILE).made_from.get("base_model"), model_fingerprint(BASE_MODEL_DIR),
+                     f"the base model in {BASE_MODEL_DIR}")
     if run == "lora":
         read_budget()
     learning_rate, steps = learning_rate_and_steps(run, config)
@@ -133,6 +136,10 @@ def train(run: str, config: Config) -> dict[str, Any]:
     }
     with atomic_directory(weights_dir(run)) as scratch:
         trainable.save(scratch)
+        if run in ("probe", "full"):
+            record_fingerprint(scratch)
+        if run == "lora":
+            write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
         write_json(scratch / "train_summary.json", summary)
     write_json(log_dir / "summary.json", summary)
     checkpoints.remove()
