@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -28,5 +29,11 @@ def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int = 
         summary = work(*args, load_config())
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        # Outputs are written through scratch directories and renames: nothing half-written remains.
+        print(f"error: no space left on device ({error.filename or 'while writing'}); free some and rerun", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     print(json.dumps(summary, indent=2, default=str))

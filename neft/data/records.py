@@ -37,7 +37,12 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     found = False
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        line_number = path.read_bytes()[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line_number}: not UTF-8 (byte {error.object[error.start]:#04x}); save the file as UTF-8") from None
+    for line_number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
