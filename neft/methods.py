@@ -5,7 +5,7 @@ and how a saved result is loaded back as a plain model. The training loop itself
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from torch import nn
 from neft.delta import NeftConfig, apply_delta, attach_deltas, load_delta, save_delta
 from neft.masks import NeuronMask
 from neft.models import load_model
-from neft.neurons import NEURON_KINDS, weight_name
+from neft.neurons import DEFAULT_KINDS, NEURON_KINDS, weight_name
 from neft.provenance import model_fingerprint, read_made_from, require_same
 
 METHODS = ("full", "neft", "lora")
@@ -25,7 +25,9 @@ EVAL_METHODS = ("base", *METHODS)
 # What `setup_method` knows: the pipeline's training runs, plus the reference implementation's dense
 # gradient masking, which the benchmark compares against and the pipeline never uses.
 TRAINING_RUNS = ("probe", *METHODS)
-SETUPS = (*TRAINING_RUNS, "dense_masked")
+# probe_matrices and probe_lora are the cheap probes (`probe.kind`): they change only the matrices
+# holding the candidate neurons, so that scoring and everything after stay the same.
+SETUPS = (*TRAINING_RUNS, "probe_matrices", "probe_lora", "dense_masked")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -59,6 +61,32 @@ def neft_finetuning(model: nn.Module, mask: NeuronMask, base_model: str, made_fr
         save_delta(wrappers, out_dir, config)
 
     return TrainableModel(model, parameters, save, details={"num_neurons": mask.num_neurons})
+
+
+def candidate_matrices(model: nn.Module, kinds: Sequence[str]) -> list[nn.Parameter]:
+    """The weights that hold the neurons of `kinds` (up_proj for in, down_proj for out), every layer."""
+    return [model.get_parameter(weight_name(layer, NEURON_KINDS[kind]))
+            for kind in kinds for layer in range(model.config.num_hidden_layers)]
+
+
+def matrices_probe(model: nn.Module, kinds: Sequence[str]) -> TrainableModel:
+    """Probe option `matrices`: only the candidate matrices train (about 40 % of a 7B Llama's
+    parameters, so 40 % of full FT's optimizer state); saved whole, like the full probe."""
+    model.requires_grad_(False)
+    parameters = candidate_matrices(model, kinds)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    return TrainableModel(model, parameters, save=lambda out: model.save_pretrained(out))
+
+
+def lora_probe(model: nn.Module, kinds: Sequence[str], rank: int) -> TrainableModel:
+    """Probe option `lora`: LoRA of `rank` (alpha = rank, scale 1) on the candidate matrices, merged
+    before saving, so the scores see base + BA; its memory is LoRA's."""
+    targets = sorted({NEURON_KINDS[kind].module.rpartition(".")[2] for kind in kinds})
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, bias="none"))
+    parameters = [p for p in peft_model.parameters() if p.requires_grad]
+    return TrainableModel(peft_model, parameters, save=lambda out: peft_model.merge_and_unload().save_pretrained(out),
+                          details={"lora_rank": rank, "lora_targets": targets})
 
 
 def lora_parameters_per_rank(model: nn.Module, targets: tuple[str, ...] = LORA_TARGETS) -> int:
@@ -110,15 +138,23 @@ def setup_method(
     base_model: str = "",
     lora: LoraSettings | None = None,
     made_from: Mapping[str, str] | None = None,
+    kinds: Sequence[str] = DEFAULT_KINDS,
+    probe_rank: int = 64,
 ) -> TrainableModel:
     """Make `model` trainable the way `method` wants; the training loop afterwards is the same for all.
 
-    probe, full: every parameter. neft: the mask's neurons, as deltas (needs `mask`; `base_model` is
-    recorded in the saved config, with the `made_from` fingerprints). lora: adapters on every linear projection at the rank matching
-    `lora.budget`. dense_masked: the mask's neurons by zeroing gradients (a reference, not a method).
+    probe, full: every parameter. probe_matrices: the matrices of the neuron `kinds` (whole).
+    probe_lora: LoRA of `probe_rank` on those matrices, merged when saved. neft: the mask's neurons,
+    as deltas (needs `mask`; `base_model` is recorded in the saved config, with the `made_from`
+    fingerprints). lora: adapters on every linear projection at the rank matching `lora.budget`.
+    dense_masked: the mask's neurons by zeroing gradients (a reference, not a method).
     """
     if method in ("probe", "full"):
         return full_finetuning(model)
+    if method == "probe_matrices":
+        return matrices_probe(model, kinds)
+    if method == "probe_lora":
+        return lora_probe(model, kinds, probe_rank)
     if method in ("neft", "dense_masked"):
         if mask is None:
             raise ValueError(f"method {method!r} needs a mask")

@@ -19,7 +19,7 @@ import torch
 from dvclive import Live
 
 from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
-from neft.config import Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
+from neft.config import PROBE_KINDS, Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
@@ -30,6 +30,9 @@ from neft.tokenization import encode_all, evaluation_batches, training_batches
 from neft.training import Checkpoints, TrainSettings
 from neft.training import train as train_loop
 from stages._common import run_stage
+
+PROBE_SETUPS = {"full": "probe", "matrices": "probe_matrices", "lora": "probe_lora"}
+assert set(PROBE_SETUPS) == set(PROBE_KINDS)
 
 
 def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableModel:
@@ -42,6 +45,10 @@ def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableMode
     if run == "lora":
         lora = config.methods.lora
         return setup_method(run, model, lora=LoraSettings(read_budget(), lora.alpha, lora.dropout))
+    if run == "probe":
+        method = PROBE_SETUPS[config.probe.kind]
+        rank = config.probe.lora_rank if config.probe.kind == "lora" else 0
+        return setup_method(method, model, kinds=config.mask.kinds, probe_rank=rank)
     return setup_method(run, model)
 
 
