@@ -62,10 +62,14 @@ def run_stage(directory: Path, stage: str, *args: str) -> dict[str, Any]:
     return row
 
 
-def measure(directory: Path, params: dict[str, Any], probe_kinds: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+def measure(directory: Path, params: dict[str, Any], probe_kinds: list[str],
+            lora_probe_learning_rate: float) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
     """(stage rows, method rows, Jaccard of each probe option's mask with the full probe's)."""
     def write_params(probe_kind: str) -> None:
-        (directory / "params.yaml").write_text(yaml.safe_dump({**params, "probe": {**params["probe"], "kind": probe_kind}}))
+        probe = {**params["probe"], "kind": probe_kind}
+        if probe_kind == "lora":  # adapters start at zero and want a LoRA-sized step
+            probe["learning_rate"] = lora_probe_learning_rate
+        (directory / "params.yaml").write_text(yaml.safe_dump({**params, "probe": probe}))
 
     write_params("full")
     for stage in ("prepare_data", "prepare_model"):
@@ -106,6 +110,7 @@ def main() -> None:
     parser.add_argument("--override", action="append", default=[], help="Hydra override, repeatable (e.g. model=tiny-llama)")
     parser.add_argument("--probe-kinds", nargs="+", default=list(PROBE_KINDS), choices=PROBE_KINDS)
     parser.add_argument("--out", type=Path, required=True, help="JSON results; a Markdown table is written beside it")
+    parser.add_argument("--lora-probe-learning-rate", type=float, default=5e-4)
     parser.add_argument("--scratch", type=Path, default=None, help="where the scratch project goes (default: system temp)")
     args = parser.parse_args()
     if args.probe_kinds[0] != "full":
@@ -115,11 +120,11 @@ def main() -> None:
     try:
         if (ROOT / "data/custom").is_dir():
             shutil.copytree(ROOT / "data/custom", directory / "data/custom")
-        stages, methods, overlaps = measure(directory, params, args.probe_kinds)
+        stages, methods, overlaps = measure(directory, params, args.probe_kinds, args.lora_probe_learning_rate)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     result = {"model": params["model"]["name"], "task": params["task"]["name"], "overrides": args.override,
-              "probe": params["probe"], "train": params["train"], "stages": stages.to_dict("records"),
+              "probe": params["probe"], "lora_probe_learning_rate": args.lora_probe_learning_rate, "train": params["train"], "stages": stages.to_dict("records"),
               "methods": methods.to_dict("records"), "jaccard_with_full_probe_mask": overlaps}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
