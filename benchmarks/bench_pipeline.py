@@ -124,7 +124,8 @@ def main() -> None:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     result = {"model": params["model"]["name"], "task": params["task"]["name"], "overrides": args.override,
-              "probe": params["probe"], "lora_probe_learning_rate": args.lora_probe_learning_rate, "train": params["train"], "stages": stages.to_dict("records"),
+              "probe": params["probe"], "lora_probe_learning_rate": args.lora_probe_learning_rate, "train": params["train"],
+              "stages": stages.to_dict("records"),
               "methods": methods.to_dict("records"), "jaccard_with_full_probe_mask": overlaps}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
