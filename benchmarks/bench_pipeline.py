@@ -80,7 +80,6 @@ def measure(directory: Path, params: dict[str, Any], probe_kinds: list[str],
         rows = [run_stage(directory, "train", "probe"), run_stage(directory, "score"), run_stage(directory, "mask")]
         masks[probe_kind] = load_mask(directory / MASK_FILE)
         if probe_kind == "full":  # the NeFT step and the baselines are the same whichever probe chose the mask
-            write_params("full")
             training = {method: run_stage(directory, "train", method) for method in ("neft", "lora", "full")}
             stages += [{**row, "probe_kind": "-"} for row in training.values()]
         stages += [{**row, "probe_kind": probe_kind} for row in rows]
