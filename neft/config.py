@@ -32,7 +32,7 @@ PARAMS_FILE = Path("params.yaml")
 CONFIG_DIR = PROJECT_ROOT / "conf"
 TASK_SOURCES = ("sword", "aclsum", "jsonl", "hub_translation", "gettext")
 TASK_KINDS = ("translation", "summarization")
-PROBE_KINDS = ("full", "matrices", "lora")  # stages/train.py maps each to a neft.methods set-up
+PROBE_KINDS = ("full", "matrices", "lora", "gradient")  # stages/train.py maps each to a neft.methods set-up
 
 
 def _check(predicate: typing.Callable[[Any], bool], allowed: str) -> dict[str, Any]:
@@ -61,7 +61,8 @@ class ProbeConfig:
     steps: int = field(metadata=AT_LEAST_ONE)
     learning_rate: float = field(metadata=POSITIVE)
     # full: the paper's full fine-tune; matrices: only the candidate matrices (mask.kinds) train;
-    # lora: LoRA of lora_rank on those matrices, merged before scoring.
+    # lora: LoRA of lora_rank on those matrices, merged before scoring; gradient: no training, the
+    # summed gradient of `steps` batches on those matrices, scored as one SGD step of learning_rate.
     kind: str = field(default="full", metadata=_check(lambda v: v in PROBE_KINDS, f"one of {list(PROBE_KINDS)}"))
     lora_rank: int = field(default=64, metadata=AT_LEAST_ONE)
 

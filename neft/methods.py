@@ -25,9 +25,9 @@ EVAL_METHODS = ("base", *METHODS)
 # What `setup_method` knows: the pipeline's training runs, plus the reference implementation's dense
 # gradient masking, which the benchmark compares against and the pipeline never uses.
 TRAINING_RUNS = ("probe", *METHODS)
-# probe_matrices and probe_lora are the cheap probes (`probe.kind`): they change only the matrices
-# holding the candidate neurons, so that scoring and everything after stay the same.
-SETUPS = (*TRAINING_RUNS, "probe_matrices", "probe_lora", "dense_masked")
+# probe_matrices, probe_lora and probe_gradient are the cheap probes (`probe.kind`): they change only
+# the matrices holding the candidate neurons, so that scoring and everything after stay the same.
+SETUPS = (*TRAINING_RUNS, "probe_matrices", "probe_lora", "probe_gradient", "dense_masked")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -77,6 +77,29 @@ def matrices_probe(model: nn.Module, kinds: Sequence[str]) -> TrainableModel:
     for parameter in parameters:
         parameter.requires_grad_(True)
     return TrainableModel(model, parameters, save=lambda out: model.save_pretrained(out))
+
+
+def gradient_probe(model: nn.Module, kinds: Sequence[str], step_size: float) -> TrainableModel:
+    """Probe option `gradient`: nothing trains. The candidate matrices collect the summed loss
+    gradient G of a few batches (`neft.training.accumulate_gradients`), and the saved probe is the
+    model after one SGD step along it, W - step_size * G: what that many SGD steps would do if the
+    gradient stayed put. The score stage then scores the cosine that step gives, as for any probe.
+    Memory: the model, activations and one gradient per candidate matrix; no optimizer state.
+    The cosine needs |G| per neuron, a sum over batches, so the gradients are kept rather than
+    reduced to per-neuron numbers batch by batch. The model itself is left unchanged."""
+    trainable = matrices_probe(model, kinds)
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+
+    def save(out_dir: Path) -> None:
+        state = model.state_dict()
+        with torch.no_grad():
+            for parameter in trainable.parameters:
+                if parameter.grad is None:
+                    raise RuntimeError(f"{names[id(parameter)]} has no accumulated gradient to step along")
+                state[names[id(parameter)]] = parameter.detach() - step_size * parameter.grad
+        model.save_pretrained(out_dir, state_dict=state)
+
+    return TrainableModel(model, trainable.parameters, save, details={"probe_step_size": step_size})
 
 
 def lora_probe(model: nn.Module, kinds: Sequence[str], rank: int) -> TrainableModel:
@@ -140,11 +163,14 @@ def setup_method(
     made_from: Mapping[str, str] | None = None,
     kinds: Sequence[str] = DEFAULT_KINDS,
     probe_rank: int = 64,
+    probe_step_size: float = 1.0,
 ) -> TrainableModel:
     """Make `model` trainable the way `method` wants; the training loop afterwards is the same for all.
 
     probe, full: every parameter. probe_matrices: the matrices of the neuron `kinds` (whole).
-    probe_lora: LoRA of `probe_rank` on those matrices, merged when saved. neft: the mask's neurons,
+    probe_lora: LoRA of `probe_rank` on those matrices, merged when saved. probe_gradient: those
+    matrices collect gradients (no training; see `gradient_probe`), saved one SGD step of
+    `probe_step_size` along them. neft: the mask's neurons,
     as deltas (needs `mask`; `base_model` is recorded in the saved config, with the `made_from`
     fingerprints). lora: adapters on every linear projection at the rank matching `lora.budget`.
     dense_masked: the mask's neurons by zeroing gradients (a reference, not a method).
@@ -155,6 +181,8 @@ def setup_method(
         return matrices_probe(model, kinds)
     if method == "probe_lora":
         return lora_probe(model, kinds, probe_rank)
+    if method == "probe_gradient":
+        return gradient_probe(model, kinds, probe_step_size)
     if method in ("neft", "dense_masked"):
         if mask is None:
             raise ValueError(f"method {method!r} needs a mask")

@@ -248,3 +248,47 @@ def train(
     result.memory_kind = window.kind
     result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
     return result
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    parameters: list[nn.Parameter],
+    batches: Iterator[dict[str, torch.Tensor]],
+    count: int,
+    autocast_dtype: torch.dtype | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    description: str = "gradients",
+) -> TrainResult:
+    """Sum the loss gradients of `count` batches into `parameters`' `.grad` and change nothing: no
+    optimizer, no optimizer state, no update (the gradient probe). Measured like `train`. Nothing to
+    resume: a killed pass is cheaper to redo than a checkpoint of its gradients is to write."""
+    if not parameters:
+        raise ValueError("no parameters to collect gradients for")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    device = model_device(model)
+    for parameter in parameters:
+        parameter.grad = None
+    window = MemoryWindow.start(device)
+    timer = StepTimer(device)
+    result = TrainResult()
+    model.train()
+    start = time.perf_counter()
+    progress = tqdm(range(1, count + 1), desc=description, disable=None, dynamic_ncols=True)
+    for step in progress:
+        batch = next(batches)
+        timer.start()
+        loss = causal_lm_loss(model, batch, autocast_dtype)
+        loss.backward()  # adds into .grad: after the last batch it holds the sum
+        timer.stop()
+        result.losses.append(float(loss.detach()))
+        result.train_tokens += int(batch["attention_mask"].sum())
+        if on_step:
+            on_step(step, {"loss": result.losses[-1]})
+    result.seconds = time.perf_counter() - start
+    result.step_seconds = timer.seconds
+    result.peak_memory_bytes = window.peak_bytes()
+    result.memory_before_bytes = window.before_bytes
+    result.memory_kind = window.kind
+    result.gradient_bytes = gradient_bytes(parameters)
+    return result

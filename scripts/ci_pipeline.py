@@ -74,10 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(command: list[str], cwd: Path, capture: bool = True) -> str:
+def run(command: list[str], cwd: Path, capture: bool = True, env: dict[str, str] | None = None) -> str:
     """Run a command, raise CalledProcessError if it fails; its stdout, or "" when streamed to ours."""
     sys.stdout.flush()
-    result = subprocess.run(command, cwd=cwd, check=True, text=True, stdout=subprocess.PIPE if capture else None)
+    result = subprocess.run(command, cwd=cwd, check=True, text=True, stdout=subprocess.PIPE if capture else None,
+                            env=env and {**os.environ, **env})
     return result.stdout or ""
 
 
@@ -133,7 +134,8 @@ def reproduce_base(repo: Path, rev: str, overrides: list[str]) -> str:
         try:
             run(["dvc", "cache", "dir", "--local", str(cache)], tree)
             write_params(tree, overrides)
-            run(["dvc", "repro"], tree, capture=False)
+            # The base's stages import the base's own library, whatever PYTHONPATH this script was given.
+            run(["dvc", "repro"], tree, capture=False, env={"PYTHONPATH": str(tree)})
             run(["git", "add", "--all"], tree)
             run(["git", "-c", "user.name=neft ci", "-c", "user.email=ci@neft.invalid", "-c", "commit.gpgsign=false",
                  "commit", "--quiet", "--no-verify", "--allow-empty", "-m", f"CI run of {rev} with {' '.join(overrides)}"], tree)

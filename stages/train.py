@@ -27,11 +27,11 @@ from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_meth
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.tokenization import encode_all, evaluation_batches, training_batches
-from neft.training import Checkpoints, TrainSettings
+from neft.training import Checkpoints, TrainSettings, accumulate_gradients
 from neft.training import train as train_loop
 from stages._common import run_stage
 
-PROBE_SETUPS = {"full": "probe", "matrices": "probe_matrices", "lora": "probe_lora"}
+PROBE_SETUPS = {"full": "probe", "matrices": "probe_matrices", "lora": "probe_lora", "gradient": "probe_gradient"}
 assert set(PROBE_SETUPS) == set(PROBE_KINDS)
 
 
@@ -48,7 +48,7 @@ def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableMode
     if run == "probe":
         method = PROBE_SETUPS[config.probe.kind]
         rank = config.probe.lora_rank if config.probe.kind == "lora" else 0
-        return setup_method(method, model, kinds=config.mask.kinds, probe_rank=rank)
+        return setup_method(method, model, kinds=config.mask.kinds, probe_rank=rank, probe_step_size=config.probe.learning_rate)
     return setup_method(run, model)
 
 
@@ -105,17 +105,15 @@ def train(run: str, config: Config) -> dict[str, Any]:
               "max_length": max_length, "dtype": config.model.dtype, "device": str(device),
               "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
     checkpoints = Checkpoints(checkpoint_dir(run), config.train.checkpoint_every, run_fingerprint(run, recipe))
+    batches = training_batches(train_items, batch_size, tokenizer.pad_token_id, seed)
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
-        result = train_loop(
-            trainable.model,
-            trainable.parameters,
-            training_batches(train_items, batch_size, tokenizer.pad_token_id, seed),
-            settings,
-            evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
-            on_step=_dvclive_logger(live),
-            description=run,
-            checkpoints=checkpoints,
-        )
+        if run == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
+            result = accumulate_gradients(trainable.model, trainable.parameters, batches, steps, settings.autocast_dtype,
+                                          on_step=_dvclive_logger(live), description=run)
+        else:
+            result = train_loop(trainable.model, trainable.parameters, batches, settings,
+                                evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
+                                on_step=_dvclive_logger(live), description=run, checkpoints=checkpoints)
     summary = {
         "run": run,
         "seed": seed,
@@ -135,7 +133,7 @@ def train(run: str, config: Config) -> dict[str, Any]:
         "first_loss": result.losses[0],
         "final_loss": result.losses[-1],
         "best_step": result.best_step,
-        "best_valid_loss": result.best_valid_loss,
+        "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
         "resumed_from_step": result.resumed_from_step,
         "device": str(device),
         "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
