@@ -10,7 +10,7 @@ compared choice differs. `scripts/compare_runs.py` loads the runs from DVC exper
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import matplotlib
@@ -34,7 +34,8 @@ class RunOutputs:
     mask: NeuronMask
     mask_summary: dict[str, Any]
     score_summary: dict[str, Any]
-    predictions: pd.DataFrame | None = None  # NeFT's test predictions: id, reference, prediction
+    predictions: pd.DataFrame | None = None  # test predictions (NeFT's, or LoRA's for a LoRA baseline): id, reference, prediction
+    costs: dict[str, Any] = field(default_factory=dict)  # what its probe cost: kind, steps, seconds, peak memory
 
 
 def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:

@@ -12,6 +12,11 @@ Pairs should share a seed and differ in one choice, e.g. the score precision (is
     python scripts/compare_runs.py s0-fp32:s0-stable s1-fp32:s1-stable s2-fp32:s2-stable --out reports/experiments/score_precision
 
 --masks-only skips predictions (runs that stopped at the mask stage, e.g. `dvc exp run ... mask`).
+--baseline-method lora compares each system's NeFT with the baseline run's matched LoRA instead of
+its NeFT (the probe options against LoRA, issue 14):
+
+    python scripts/compare_runs.py p14-full-s0:p14-gradient-s0 --baseline-method lora --out DIR
+
 Writes masks.csv, resolution.csv, layers.csv/.png and, with predictions, quality.csv and
 differences.csv, and summary.md with all of them.
 """
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import dvc.api
 import pandas as pd
+import yaml
 
 from mask_overlap import experiment_commits
 from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, plot_layer_distribution, quality_table
@@ -36,17 +42,31 @@ def read_text(path: str, revision: str) -> str:
         return handle.read()
 
 
-def load_run(name: str, commits: dict[str, str], with_predictions: bool) -> RunOutputs:
+def read_summary(path: str, revision: str) -> dict:
+    try:
+        return json.loads(read_text(path, revision))
+    except FileNotFoundError:  # a run that did not train it
+        return {}
+
+
+def load_run(name: str, commits: dict[str, str], with_predictions: bool, method: str = "neft") -> RunOutputs:
+    """`method`: whose predictions the comparison reads (the run's NeFT, or its matched LoRA)."""
     revision = commits.get(name, name)
     predictions = None
     if with_predictions:
-        predictions = pd.read_json(io.StringIO(read_text("reports/eval/neft/predictions.jsonl", revision)), lines=True, dtype=False)
+        predictions = pd.read_json(io.StringIO(read_text(f"reports/eval/{method}/predictions.jsonl", revision)), lines=True, dtype=False)
+    params = yaml.safe_load(read_text("params.yaml", revision))
+    probe = read_summary("reports/train/probe/summary.json", revision)
+    lora = read_summary("reports/train/lora/summary.json", revision)
     return RunOutputs(
         name=name,
         mask=mask_from_json(json.loads(read_text("artifacts/mask/mask.json", revision))),
         mask_summary=json.loads(read_text("artifacts/mask/summary.json", revision)),
         score_summary=json.loads(read_text("artifacts/scores/summary.json", revision)),
         predictions=predictions,
+        costs={"probe_kind": params["probe"].get("kind", "full"), "probe_steps": params["probe"]["steps"],
+               "probe_seconds": probe.get("train_seconds"), "probe_peak_mb": probe.get("peak_memory_mb"),
+               "lora_train_peak_mb": lora.get("peak_memory_mb")},
     )
 
 
@@ -55,6 +75,8 @@ def main() -> None:
     parser.add_argument("pairs", nargs="+", help="BASELINE:SYSTEM, each a git revision or DVC experiment name")
     parser.add_argument("--out", type=Path, default=Path("reports/experiments/comparison"))
     parser.add_argument("--masks-only", action="store_true", help="compare masks and scores only (no NeFT predictions)")
+    parser.add_argument("--baseline-method", default="neft", choices=["neft", "lora"],
+                        help="compare each system's NeFT with the baseline run's NeFT (default) or matched LoRA")
     parser.add_argument("--kind", default="translation", choices=["translation", "summarization"])
     parser.add_argument("--bleu-tokenize", default="13a")
     parser.add_argument("--rouge", action="store_true", help="translation: also compare ROUGE (CJK per character)")
@@ -62,21 +84,22 @@ def main() -> None:
     if any(pair.count(":") != 1 for pair in args.pairs):
         sys.exit("error: each pair is BASELINE:SYSTEM")
     commits = experiment_commits()
-    runs: dict[str, RunOutputs] = {}
+    runs: dict[tuple[str, str], RunOutputs] = {}  # (name, whose predictions)
     pairs = []
     for pair in args.pairs:
-        names = pair.split(":")
-        for name in names:
-            if name not in runs:
-                runs[name] = load_run(name, commits, not args.masks_only)
-        pairs.append((runs[names[0]], runs[names[1]]))
+        sides = list(zip(pair.split(":"), (args.baseline_method, "neft"), strict=True))
+        for name, method in sides:
+            if (name, method) not in runs:
+                runs[name, method] = load_run(name, commits, not args.masks_only, method)
+        pairs.append((runs[sides[0]], runs[sides[1]]))
+    by_name = {run.name: run for run in runs.values()}  # masks and costs do not depend on the method compared
 
     args.out.mkdir(parents=True, exist_ok=True)
     masks = mask_table(pairs)
-    resolution = pd.DataFrame([{"run": run.name, **run.score_summary, "tied_at_cutoff": run.mask_summary.get("tied_at_cutoff"),
+    resolution = pd.DataFrame([{"run": run.name, **run.costs, **run.score_summary, "tied_at_cutoff": run.mask_summary.get("tied_at_cutoff"),
                                 "decided_by_tiebreak": run.mask_summary.get("decided_by_tiebreak"), "k": run.mask.num_neurons}
-                               for run in runs.values()])
-    layers = layer_distribution({name: run.mask for name, run in runs.items()})
+                               for run in by_name.values()])
+    layers = layer_distribution({name: run.mask for name, run in by_name.items()})
     masks.to_csv(args.out / "masks.csv", index=False)
     resolution.to_csv(args.out / "resolution.csv", index=False)
     layers.to_csv(args.out / "layers.csv")
@@ -90,7 +113,8 @@ def main() -> None:
         differences = difference_summary(quality)
         quality.to_csv(args.out / "quality.csv", index=False)
         differences.to_csv(args.out / "differences.csv", index=False)
-        sections += ["## NeFT quality, paired bootstrap (system - baseline; two-sided p)", "",
+        sections += [f"## NeFT quality against the baseline's {args.baseline_method}, paired bootstrap "
+                     "(system - baseline; two-sided p)", "",
                      quality.to_markdown(index=False, floatfmt=".4g"), "",
                      "Over pairs:", "", differences.to_markdown(index=False, floatfmt=".3g"), ""]
     (args.out / "summary.md").write_text("\n".join(sections))
