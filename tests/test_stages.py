@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import inside, random_batch
 from peft import PeftModel
 from test_dependencies import STAGES
@@ -73,6 +75,21 @@ def test_mask_writes_k_neurons_with_no_tie_and_the_budget(workspace):
     assert summary["num_neurons"] == 85 and (summary["tied_at_cutoff"], summary["decided_by_tiebreak"]) == (1, 0)
     assert json.loads(Path("artifacts/budget.json").read_text())["trainable_parameters"] == 85 * 64
     rerun_gives_the_same_bytes(["artifacts/mask/mask.json", "artifacts/budget.json"], lambda: mask(workspace))
+
+
+def test_a_control_mask_changes_the_mask_but_not_the_budget_the_matched_lora_reads(project, tmp_path):
+    """Why `dvc exp run -S mask.strategy=random` retrains NeFT but not LoRA: train_lora depends on
+    artifacts/budget.json and no mask file or mask param, and the budget's bytes stay the same."""
+    directory, config, _ = project
+    lora_stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_lora"]
+    assert "artifacts/budget.json" in lora_stage["deps"] and not any(dep.startswith("artifacts/mask") for dep in lora_stage["deps"])
+    assert not any(str(param).startswith("mask") for param in lora_stage["params"])
+    shutil.copytree(directory, tmp_path / "project")
+    with inside(tmp_path / "project"):
+        cosine = Path("artifacts/mask/mask.json").read_bytes(), Path("artifacts/budget.json").read_bytes()
+        mask(dataclasses.replace(config, mask=dataclasses.replace(config.mask, strategy="random")))
+        random = Path("artifacts/mask/mask.json").read_bytes(), Path("artifacts/budget.json").read_bytes()
+    assert random[0] != cosine[0] and random[1] == cosine[1]
 
 
 @pytest.mark.parametrize("run", ["probe", "full", "neft", "lora"])
