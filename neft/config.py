@@ -54,6 +54,8 @@ class RuntimeConfig:
     # auto: bf16 where the device has native bf16, else the model's dtype; a dtype name; null: the model's.
     autocast: str | None = field(default="auto", metadata=_check(lambda v: v is None or v == "auto" or v in DTYPES,
                                                                    f"auto, null or one of {list(DTYPES)}"))
+    # Training processes on this machine (torchrun, DDP over the trainable parameters; neft.distributed).
+    processes: int = field(default=1, metadata=AT_LEAST_ONE)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,12 @@ class Config:
     analysis: AnalysisConfig
     model: ModelConfig
     task: TaskConfig
+
+    def problems(self) -> list[str]:
+        if self.train.batch_size % self.runtime.processes:
+            return [f"train.batch_size = {self.train.batch_size}: must be a multiple of runtime.processes "
+                    f"({self.runtime.processes}), each process takes an equal share of every batch"]
+        return []
 
 
 # --- parsing: every problem at once -----------------------------------------------------------

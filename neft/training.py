@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from neft.distributed import ONE_PROCESS, Ranks
 from neft.measure import MemoryWindow, StepTimer, gradient_bytes, optimizer_state_bytes
 from neft.tokenization import IGNORE_INDEX
 
@@ -164,9 +165,12 @@ def train(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "train",
     checkpoints: Checkpoints | None = None,
+    ranks: Ranks = ONE_PROCESS,
 ) -> TrainResult:
     """Optimise `parameters` of `model` for `settings.steps` steps; everything else stays frozen.
-    `batches` must be the same deterministic sequence on every attempt (it is replayed to resume)."""
+    `batches` must be the same deterministic sequence on every attempt (it is replayed to resume).
+    Under torchrun, `model` is DDP-wrapped, `batches` are this rank's slices, and rank 0 alone
+    writes checkpoints (neft.distributed)."""
     if not parameters:
         raise ValueError("no trainable parameters")
     device = model_device(model)
@@ -204,7 +208,7 @@ def train(
     for step in progress:
         batch = next(batches)
         timer.start()
-        loss = causal_lm_loss(model, batch, settings.autocast_dtype)
+        loss, mean_loss, tokens = ranks.global_token_mean(causal_lm_loss(model, batch, settings.autocast_dtype), batch)
         loss.backward()
         if step == 1:
             result.gradient_bytes = gradient_bytes(parameters)
@@ -214,8 +218,8 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         timer.stop()
-        result.losses.append(float(loss.detach()))
-        result.train_tokens += int(batch["attention_mask"].sum())
+        result.losses.append(mean_loss)
+        result.train_tokens += tokens
         logged = {"loss": result.losses[-1], "learning_rate": scheduler.get_last_lr()[0]}
         is_eval_step = step == settings.steps or (settings.eval_every and step % settings.eval_every == 0)
         if valid_batches and is_eval_step:
@@ -231,7 +235,7 @@ def train(
         history.append((step, logged))
         if on_step:
             on_step(step, logged)
-        if checkpoints and checkpoints.every and step % checkpoints.every == 0 and step != settings.steps:
+        if checkpoints and checkpoints.every and step % checkpoints.every == 0 and step != settings.steps and ranks.is_main:
             result.seconds, result.step_seconds = time.perf_counter() - start, list(timer.seconds)
             checkpoints.save({"step": step, "parameters": [p.detach() for p in parameters], "optimizer": optimizer.state_dict(),
                               "scheduler": scheduler.state_dict(), "result": asdict(result), "best_state": best_state,
@@ -258,6 +262,7 @@ def accumulate_gradients(
     autocast_dtype: torch.dtype | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "gradients",
+    ranks: Ranks = ONE_PROCESS,
 ) -> TrainResult:
     """Sum the loss gradients of `count` batches into `parameters`' `.grad` and change nothing: no
     optimizer, no optimizer state, no update (the gradient probe). Measured like `train`. Nothing to
@@ -278,11 +283,11 @@ def accumulate_gradients(
     for step in progress:
         batch = next(batches)
         timer.start()
-        loss = causal_lm_loss(model, batch, autocast_dtype)
+        loss, mean_loss, tokens = ranks.global_token_mean(causal_lm_loss(model, batch, autocast_dtype), batch)
         loss.backward()  # adds into .grad: after the last batch it holds the sum
         timer.stop()
-        result.losses.append(float(loss.detach()))
-        result.train_tokens += int(batch["attention_mask"].sum())
+        result.losses.append(mean_loss)
+        result.train_tokens += tokens
         if on_step:
             on_step(step, {"loss": result.losses[-1]})
     result.seconds = time.perf_counter() - start

@@ -3,15 +3,18 @@
 Usage: python -m stages.train RUN         (RUN in probe, full, neft, lora)
 Writes artifacts/probe or artifacts/train/RUN (weights, delta or adapter) and reports/train/RUN
 (dvclive step logs and summary.json). The loop is the library's one `train`; runs differ only in
-which parameters train (`neft.methods.setup_method`) and how the result is saved.
+which parameters train (`neft.methods.setup_method`) and how the result is saved. With
+`runtime.processes` > 1 the stage reruns itself under torchrun (neft.distributed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import statistics
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +24,7 @@ from dvclive import Live
 from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
 from neft.config import PROBE_KINDS, Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
+from neft.distributed import Ranks, process_group, relaunch_under_torchrun, wrap_for_training
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
@@ -82,9 +86,25 @@ def train(run: str, config: Config) -> dict[str, Any]:
                      f"the base model in {BASE_MODEL_DIR}")
     if run == "lora":
         read_budget()
+    ranks = Ranks.from_environment()
+    if config.runtime.processes > 1 and not ranks.distributed:
+        # Everything was checked above; the processes do the work, and rank 0 writes the results.
+        status = relaunch_under_torchrun(config.runtime.processes, "stages.train", [run])
+        if status:
+            sys.exit(status)
+        return json.loads((train_log_dir(run) / "summary.json").read_text())
     learning_rate, steps = learning_rate_and_steps(run, config)
     settings = train_settings(config, learning_rate, steps)
     device = resolve_device(config.runtime)
+    if device.type == "cuda" and ranks.distributed:
+        device = torch.device("cuda", ranks.local_rank)
+        torch.cuda.set_device(device)
+    with process_group(ranks, device):
+        return _train(run, config, ranks, device, learning_rate, steps, settings)
+
+
+def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learning_rate: float, steps: int,
+           settings: TrainSettings) -> dict[str, Any]:
     seed = config.seed
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
     max_length = config.task.max_length
@@ -95,7 +115,8 @@ def train(run: str, config: Config) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = load_model(BASE_MODEL_DIR, torch_dtype(config.model.dtype)).to(device)
     if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant: recomputes NeFT's custom autograd function correctly, also under DDP.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     total = count_parameters(model)  # before adapters or deltas add their own
     trainable = setup_run(run, model, config)
@@ -105,15 +126,17 @@ def train(run: str, config: Config) -> dict[str, Any]:
               "max_length": max_length, "dtype": config.model.dtype, "device": str(device),
               "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
     checkpoints = Checkpoints(checkpoint_dir(run), config.train.checkpoint_every, run_fingerprint(run, recipe))
-    batches = training_batches(train_items, batch_size, tokenizer.pad_token_id, seed)
-    with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) as live:
+    batches = map(ranks.shard, training_batches(train_items, batch_size, tokenizer.pad_token_id, seed))
+    model_in_training = wrap_for_training(trainable.model, ranks, device)
+    with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
+        on_step = _dvclive_logger(live) if ranks.is_main else None
         if run == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
-            result = accumulate_gradients(trainable.model, trainable.parameters, batches, steps, settings.autocast_dtype,
-                                          on_step=_dvclive_logger(live), description=run)
+            result = accumulate_gradients(model_in_training, trainable.parameters, batches, steps, settings.autocast_dtype,
+                                          on_step=on_step, description=run, ranks=ranks)
         else:
-            result = train_loop(trainable.model, trainable.parameters, batches, settings,
+            result = train_loop(model_in_training, trainable.parameters, batches, settings,
                                 evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
-                                on_step=_dvclive_logger(live), description=run, checkpoints=checkpoints)
+                                on_step=on_step, description=run, checkpoints=checkpoints, ranks=ranks)
     summary = {
         "run": run,
         "seed": seed,
@@ -136,9 +159,12 @@ def train(run: str, config: Config) -> dict[str, Any]:
         "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
         "resumed_from_step": result.resumed_from_step,
         "device": str(device),
+        "processes": ranks.world_size,
         "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
         **trainable.details,
     }
+    if not ranks.is_main:  # every rank holds the same result; rank 0 writes it
+        return summary
     with atomic_directory(weights_dir(run)) as scratch:
         trainable.save(scratch)
         if run in ("probe", "full"):

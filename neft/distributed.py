@@ -1,0 +1,98 @@
+"""Training in several processes under `torchrun`, with DDP over the parameters that train.
+
+One process (`runtime.processes: 1`, the default) changes nothing. With more, the training stage
+relaunches itself under `torchrun` (`torch.distributed.run`, one node). Every process loads the
+model and takes an equal slice of each global batch; DDP all-reduces the gradients of the trainable
+parameters only: NeFT's deltas, LoRA's adapters, or everything for full FT and the probe. Frozen
+base weights have no gradient, so nothing of theirs is communicated.
+
+Equal to one process: the loss is a mean over the global batch's labelled tokens, but a rank sees
+only its slice, and DDP averages gradients over ranks. So each rank scales its slice's mean loss by
+world_size x its tokens / the global batch's tokens (one all-reduce), which makes DDP's average the
+gradient of the global mean. Validation runs whole on every rank (the same number everywhere);
+rank 0 alone writes checkpoints, logs and results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from neft.tokenization import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands: its rank among `world_size` (1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Ranks:
+        """What torchrun set: RANK, WORLD_SIZE and LOCAL_RANK (absent in a plain process)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's contiguous slice of a global batch (the batch size is a multiple of the world size)."""
+        if not self.distributed:
+            return batch
+        return {name: tensor.tensor_split(self.world_size)[self.rank] for name, tensor in batch.items()}
+
+    def global_token_mean(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
+        """For the token-mean `loss` of this rank's slice: what this rank back-propagates, the
+        global batch's mean loss, and the global batch's input tokens (see the module docstring)."""
+        tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        inputs = float(batch["attention_mask"].sum())
+        if not self.distributed:
+            return loss, float(loss.detach()), int(inputs)
+        totals = torch.tensor([float(loss.detach()) * tokens, tokens, inputs], dtype=torch.float64, device=loss.device)
+        dist.all_reduce(totals)
+        return loss * (self.world_size * tokens / totals[1].item()), (totals[0] / totals[1]).item(), int(totals[2].item())
+
+
+ONE_PROCESS = Ranks()
+
+
+@contextlib.contextmanager
+def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
+    """Join the job's process group (gloo on CPU, NCCL on CUDA) for the block; nothing with one process."""
+    if not ranks.distributed:
+        yield
+        return
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world_size)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def wrap_for_training(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
+    """`model` under DDP when there are several ranks (it reduces only parameters that need a
+    gradient), else `model` itself."""
+    if not ranks.distributed:
+        return model
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def relaunch_under_torchrun(processes: int, module: str, args: list[str]) -> int:
+    """Run `python -m module args` in `processes` processes on this machine; their exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", module, *args]
+    return subprocess.run(command, check=False).returncode
