@@ -37,11 +37,12 @@ def trained(directory: Path, name: str, processes: int, *overrides: str) -> tupl
     ("full", []), ("neft", []), ("lora", []),
     # NeFT's custom autograd function, recomputed by non-reentrant checkpointing under DDP
     ("neft", ["train.gradient_checkpointing=true"]),
+    ("probe", ["probe.kind=gradient"]),  # no optimizer: the summed gradient itself must match
 ])
 def test_two_processes_train_what_one_process_trains(project, tmp_path, name, overrides):
     directory = tmp_path / "project"
     shutil.copytree(project[0], directory)
-    one_losses, one_weights, one_summary = trained(directory, name, 1)
+    one_losses, one_weights, one_summary = trained(directory, name, 1, *(o for o in overrides if o.startswith("probe.")))
     two_losses, two_weights, two_summary = trained(directory, name, 2, *overrides)
     # Each rank's loss is rescaled so that DDP's average is the global batch's token mean; what
     # remains is float32 summation order.
