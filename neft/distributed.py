@@ -1,7 +1,9 @@
 """Training in several processes under `torchrun`, with DDP over the parameters that train.
 
-One process (`runtime.processes: 1`, the default) changes nothing. With more, the training stage
-relaunches itself under `torchrun` (`torch.distributed.run`, one node). Every process loads the
+One process (`runtime.processes: 1`, the default) changes nothing. With more, the training and
+evaluation stages relaunch themselves under `torchrun` (`torch.distributed.run`, one node).
+Evaluation deals the same generation batches one process would make to the ranks in turn and
+gathers the predictions back in input order, so they equal one process's. Every process loads the
 model and takes an equal slice of each global batch; DDP all-reduces the gradients of the trainable
 parameters only: NeFT's deltas, LoRA's adapters, or everything for full FT and the probe. Frozen
 base weights have no gradient, so nothing of theirs is communicated.
@@ -16,16 +18,21 @@ rank 0 alone writes checkpoints, logs and results.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from neft.tokenization import IGNORE_INDEX
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,23 @@ def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """One GPU per process on CUDA (its local rank); the CPU is shared."""
+    if device.type != "cuda" or not ranks.distributed:
+        return device
+    torch.cuda.set_device(ranks.local_rank)
+    return torch.device("cuda", ranks.local_rank)
+
+
+def gather_in_order(local: dict[int, T], ranks: Ranks) -> dict[int, T]:
+    """Every rank's {position: item} merged, on every rank (one all_gather of Python objects)."""
+    if not ranks.distributed:
+        return local
+    pieces: list[dict[int, T] | None] = [None] * ranks.world_size
+    dist.all_gather_object(pieces, local)
+    return {position: item for piece in pieces for position, item in (piece or {}).items()}
+
+
 def wrap_for_training(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
     """`model` under DDP when there are several ranks (it reduces only parameters that need a
     gradient), else `model` itself."""
@@ -92,7 +116,15 @@ def wrap_for_training(model: torch.nn.Module, ranks: Ranks, device: torch.device
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def relaunch_under_torchrun(processes: int, module: str, args: list[str]) -> int:
-    """Run `python -m module args` in `processes` processes on this machine; their exit status."""
+def relaunched(processes: int, module: str, args: list[str], result_file: Path) -> dict[str, Any] | None:
+    """For a stage entry point (`python -m module args`): with `processes` > 1 in a plain process,
+    run the stage in that many processes under torchrun on this machine and return the result rank
+    0 wrote to `result_file`; a failing rank's exit status (2 for a user error) ends this process
+    too, its message already printed. None where this process should do the work itself."""
+    if processes == 1 or Ranks.from_environment().distributed:
+        return None
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", module, *args]
-    return subprocess.run(command, check=False).returncode
+    status = subprocess.run(command, check=False).returncode
+    if status:
+        sys.exit(status)
+    return json.loads(result_file.read_text())

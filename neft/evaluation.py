@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from neft.config import TASK_KINDS, MetricOptions
+from neft.distributed import ONE_PROCESS, Ranks, gather_in_order
 from neft.tokenization import prompt_text
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -37,16 +38,20 @@ def generate_greedy(
     max_new_tokens: int,
     batch_size: int,
     autocast_dtype: torch.dtype | None = None,
+    ranks: Ranks = ONE_PROCESS,
 ) -> list[str]:
-    """Greedy completions of chat prompts, batched by similar length; returned in input order."""
+    """Greedy completions of chat prompts, batched by similar length; returned in input order.
+    Under torchrun each rank generates every world_size-th of the same batches and all ranks
+    return every completion."""
     model.eval()
     device = next(model.parameters()).device
     texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
     order = sorted(range(len(texts)), key=lambda i: lengths[i])  # less padding per batch
-    outputs: list[str] = [""] * len(texts)
+    outputs: dict[int, str] = {}
     tokenizer.padding_side = "left"  # generation continues from the right edge
-    for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=None):
+    starts = range(0, len(order), batch_size)[ranks.rank::ranks.world_size]
+    for start in tqdm(starts, desc="generate", disable=None):
         indices = order[start:start + batch_size]
         encoded = tokenizer([texts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -60,7 +65,8 @@ def generate_greedy(
         new_tokens = generated[:, encoded["input_ids"].shape[1]:]
         for index, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
             outputs[index] = text.strip()
-    return outputs
+    gathered = gather_in_order(outputs, ranks)
+    return [gathered[index] for index in range(len(texts))]
 
 
 def translation_metrics(predictions: Sequence[str], references: Sequence[str], bleu_tokenize: str = "13a") -> dict[str, float | str]:

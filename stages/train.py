@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import statistics
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from dvclive import Live
 from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
 from neft.config import PROBE_KINDS, Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
-from neft.distributed import Ranks, process_group, relaunch_under_torchrun, wrap_for_training
+from neft.distributed import Ranks, process_group, rank_device, relaunched, wrap_for_training
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
@@ -86,19 +85,13 @@ def train(run: str, config: Config) -> dict[str, Any]:
                      f"the base model in {BASE_MODEL_DIR}")
     if run == "lora":
         read_budget()
-    ranks = Ranks.from_environment()
-    if config.runtime.processes > 1 and not ranks.distributed:
-        # Everything was checked above; the processes do the work, and rank 0 writes the results.
-        status = relaunch_under_torchrun(config.runtime.processes, "stages.train", [run])
-        if status:
-            sys.exit(status)
-        return json.loads((train_log_dir(run) / "summary.json").read_text())
+    # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
+    if (summary := relaunched(config.runtime.processes, "stages.train", [run], train_log_dir(run) / "summary.json")) is not None:
+        return summary
     learning_rate, steps = learning_rate_and_steps(run, config)
     settings = train_settings(config, learning_rate, steps)
-    device = resolve_device(config.runtime)
-    if device.type == "cuda" and ranks.distributed:
-        device = torch.device("cuda", ranks.local_rank)
-        torch.cuda.set_device(device)
+    ranks = Ranks.from_environment()
+    device = rank_device(resolve_device(config.runtime), ranks)
     with process_group(ranks, device):
         return _train(run, config, ranks, device, learning_rate, steps, settings)
 

@@ -55,6 +55,23 @@ def test_two_processes_train_what_one_process_trains(project, tmp_path, name, ov
     assert two_summary["best_step"] == one_summary["best_step"]
 
 
+def test_two_processes_evaluate_what_one_process_evaluates(project, tmp_path):
+    """The ranks generate alternate batches of the same length-sorted batching and gather the
+    predictions in input order: the same bytes as one process, metrics included."""
+    directory = tmp_path / "project"
+    shutil.copytree(project[0], directory)
+    written = {}
+    for processes in (1, 2):
+        (directory / "params.yaml").write_text(yaml.safe_dump(compose_params([*TINY, f"runtime.processes={processes}"])))
+        run(["python", "-m", "stages.evaluate", "neft"], directory, PYTHONPATH=str(ROOT))
+        metrics = json.loads((directory / "reports/eval/neft/metrics.json").read_text())
+        metrics.pop("generate_seconds")
+        written[processes] = (directory / "reports/eval/neft/predictions.jsonl").read_bytes(), metrics
+    assert written[2] == written[1]
+    batches = -(-written[1][1]["test_examples"] // compose_params(TINY)["evaluate"]["batch_size"])
+    assert batches >= 2, "both ranks generate"
+
+
 def test_a_rank_takes_an_equal_contiguous_share_of_every_batch():
     batch = {"input_ids": torch.arange(24).reshape(8, 3), "labels": torch.arange(24).reshape(8, 3)}
     shares = [Ranks(rank, 4, rank).shard(batch) for rank in range(4)]
