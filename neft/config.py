@@ -54,8 +54,10 @@ class RuntimeConfig:
     # auto: bf16 where the device has native bf16, else the model's dtype; a dtype name; null: the model's.
     autocast: str | None = field(default="auto", metadata=_check(lambda v: v is None or v == "auto" or v in DTYPES,
                                                                    f"auto, null or one of {list(DTYPES)}"))
-    # Training processes on this machine (torchrun, DDP over the trainable parameters; neft.distributed).
+    # Training processes on this machine (torchrun; neft.distributed), and how they split the work:
+    # ddp (each holds the model, DDP reduces the trainable parameters) or fsdp (FSDP2 shards every weight).
     processes: int = field(default=1, metadata=AT_LEAST_ONE)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 @dataclass(frozen=True)
@@ -251,10 +253,14 @@ class Config:
     task: TaskConfig
 
     def problems(self) -> list[str]:
+        found = []
         if self.train.batch_size % self.runtime.processes:
-            return [f"train.batch_size = {self.train.batch_size}: must be a multiple of runtime.processes "
-                    f"({self.runtime.processes}), each process takes an equal share of every batch"]
-        return []
+            found.append(f"train.batch_size = {self.train.batch_size}: must be a multiple of runtime.processes "
+                         f"({self.runtime.processes}), each process takes an equal share of every batch")
+        if self.probe.kind == "gradient" and self.runtime.strategy == "fsdp" and self.runtime.processes > 1:
+            found.append("probe.kind = 'gradient' with runtime.strategy = 'fsdp': the gradient probe saves the gradients it "
+                         "collected, which FSDP shards; use runtime.strategy=ddp")
+        return found
 
 
 # --- parsing: every problem at once -----------------------------------------------------------

@@ -8,6 +8,10 @@ model and takes an equal slice of each global batch; DDP all-reduces the gradien
 parameters only: NeFT's deltas, LoRA's adapters, or everything for full FT and the probe. Frozen
 base weights have no gradient, so nothing of theirs is communicated.
 
+With `runtime.strategy: fsdp`, FSDP2 shards every weight over the processes instead (what a
+full-FT probe of a 7B model needs to fit); rank 0 gathers the full state dict to save, so the
+saved files have the one-process format.
+
 Equal to one process: the loss is a mean over the global batch's labelled tokens, but a rank sees
 only its slice, and DDP averages gradients over ranks. So each rank scales its slice's mean loss by
 world_size x its tokens / the global batch's tokens (one all-reduce), which makes DDP's average the
@@ -29,6 +33,8 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import fully_shard
 
 from neft.tokenization import IGNORE_INDEX
 
@@ -75,6 +81,7 @@ class Ranks:
 
 
 ONE_PROCESS = Ranks()
+STRATEGIES = ("ddp", "fsdp")
 
 
 @contextlib.contextmanager
@@ -107,13 +114,38 @@ def gather_in_order(local: dict[int, T], ranks: Ranks) -> dict[int, T]:
     return {position: item for piece in pieces for position, item in (piece or {}).items()}
 
 
-def wrap_for_training(model: torch.nn.Module, ranks: Ranks, device: torch.device) -> torch.nn.Module:
-    """`model` under DDP when there are several ranks (it reduces only parameters that need a
-    gradient), else `model` itself."""
+def wrap_for_training(model: torch.nn.Module, parameters: list[torch.nn.Parameter], ranks: Ranks, device: torch.device,
+                      strategy: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """The module to train and its trainable parameters, for `strategy` with several ranks:
+
+    - ddp: `model` under DDP, which reduces only the parameters that need a gradient;
+    - fsdp: FSDP2 (`fully_shard`, one unit per decoder layer, then the root). Every parameter,
+      frozen or not, is sharded over the ranks, NeFT's deltas and LoRA's adapters as ordinary
+      parameters of their layers (their indices are buffers, which FSDP2 leaves whole), so nothing
+      like a flat mask has to match a flat shard. fully_shard replaces parameters with sharded
+      ones: the trainable ones are looked up again by name.
+
+    One rank: `model` and `parameters` unchanged."""
     if not ranks.distributed:
-        return model
-    device_ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return model, parameters
+    if strategy == "ddp":
+        device_ids = [device.index] if device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids), parameters
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    trained = [names[id(parameter)] for parameter in parameters]
+    # FSDP2 cannot shard an empty tensor: NeFT's delta of a layer where the mask chose no neuron of a kind.
+    empty = {parameter for parameter in model.parameters() if parameter.numel() == 0}
+    for layer in [module for module in model.modules() if type(module).__name__.endswith("DecoderLayer")]:
+        fully_shard(layer, ignored_params=empty)
+    fully_shard(model, ignored_params=empty)
+    by_name = dict(model.named_parameters())
+    return model, [by_name[name] for name in trained]
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A sharded (FSDP2) model's whole state dict, gathered to rank 0's CPU (empty on the other
+    ranks); a collective, so every rank calls it."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def relaunched(processes: int, module: str, args: list[str], result_file: Path) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 
 CUDA_PEAK = "cuda max_memory_allocated (training window)"
 CPU_WINDOW_PEAK = "rss high-water mark (training window)"
@@ -27,7 +28,9 @@ CPU_PROCESS_PEAK = "rss high-water mark (whole process: the window reset is unav
 
 
 def tensor_bytes(tensors: Iterable[object]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+    """Bytes this process holds: of a sharded (FSDP2) DTensor, its local shard."""
+    local = (t.to_local() if isinstance(t, DTensor) else t for t in tensors if torch.is_tensor(t))
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -23,7 +23,7 @@ from dvclive import Live
 from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
 from neft.config import PROBE_KINDS, Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
-from neft.distributed import Ranks, process_group, rank_device, relaunched, wrap_for_training
+from neft.distributed import Ranks, full_state_dict, process_group, rank_device, relaunched, wrap_for_training
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
@@ -106,28 +106,24 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
     batch_size = config.train.batch_size
 
     torch.manual_seed(seed)
-    model = load_model(BASE_MODEL_DIR, torch_dtype(config.model.dtype)).to(device)
-    if config.train.gradient_checkpointing:
-        # Non-reentrant: recomputes NeFT's custom autograd function correctly, also under DDP.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    total = count_parameters(model)  # before adapters or deltas add their own
-    trainable = setup_run(run, model, config)
+    trainable, total = load_and_set_up(run, config, device)
+    sharded = ranks.distributed and config.runtime.strategy == "fsdp"
     log_dir = train_log_dir(run)
     # Everything this run's result depends on (params this stage reads, inputs): another checkpoint is not resumed.
     recipe = {"run": run, "settings": dataclasses.asdict(settings), "seed": seed, "batch_size": batch_size,
               "max_length": max_length, "dtype": config.model.dtype, "device": str(device),
               "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
-    checkpoints = Checkpoints(checkpoint_dir(run), config.train.checkpoint_every, run_fingerprint(run, recipe))
+    # Under FSDP a rank holds only its shards: checkpoints (rank 0's file) would not resume them.
+    checkpoints = Checkpoints(checkpoint_dir(run), 0 if sharded else config.train.checkpoint_every, run_fingerprint(run, recipe))
     batches = map(ranks.shard, training_batches(train_items, batch_size, tokenizer.pad_token_id, seed))
-    model_in_training = wrap_for_training(trainable.model, ranks, device)
+    model_in_training, parameters = wrap_for_training(trainable.model, trainable.parameters, ranks, device, config.runtime.strategy)
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
         on_step = _dvclive_logger(live) if ranks.is_main else None
         if run == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
-            result = accumulate_gradients(model_in_training, trainable.parameters, batches, steps, settings.autocast_dtype,
+            result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
                                           on_step=on_step, description=run, ranks=ranks)
         else:
-            result = train_loop(model_in_training, trainable.parameters, batches, settings,
+            result = train_loop(model_in_training, parameters, batches, settings,
                                 evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
                                 on_step=on_step, description=run, checkpoints=checkpoints, ranks=ranks)
     summary = {
@@ -153,9 +149,15 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
         "resumed_from_step": result.resumed_from_step,
         "device": str(device),
         "processes": ranks.world_size,
+        "strategy": config.runtime.strategy if ranks.distributed else "none",
         "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
         **trainable.details,
     }
+    if sharded:  # gather the shards into an unsharded copy on rank 0, which saves it as one process would
+        state = full_state_dict(model_in_training)
+        if ranks.is_main:
+            trainable, _ = load_and_set_up(run, config, torch.device("cpu"))
+            trainable.model.load_state_dict(state)
     if not ranks.is_main:  # every rank holds the same result; rank 0 writes it
         return summary
     with atomic_directory(weights_dir(run)) as scratch:
@@ -168,6 +170,17 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
     write_json(log_dir / "summary.json", summary)
     checkpoints.remove()
     return summary
+
+
+def load_and_set_up(run: str, config: Config, device: torch.device) -> tuple[TrainableModel, int]:
+    """The base model on `device`, set up for `run`, and its parameter count before adapters or deltas."""
+    model = load_model(BASE_MODEL_DIR, torch_dtype(config.model.dtype)).to(device)
+    if config.train.gradient_checkpointing:
+        # Non-reentrant: recomputes NeFT's custom autograd function correctly, also under DDP and FSDP.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    total = count_parameters(model)
+    return setup_run(run, model, config), total
 
 
 def run_fingerprint(run: str, recipe: dict[str, Any]) -> str:

@@ -38,6 +38,8 @@ def trained(directory: Path, name: str, processes: int, *overrides: str) -> tupl
     # NeFT's custom autograd function, recomputed by non-reentrant checkpointing under DDP
     ("neft", ["train.gradient_checkpointing=true"]),
     ("probe", ["probe.kind=gradient"]),  # no optimizer: the summed gradient itself must match
+    # FSDP2: every weight sharded over the two processes, the result gathered to rank 0 to save
+    ("full", ["runtime.strategy=fsdp"]), ("neft", ["runtime.strategy=fsdp"]), ("lora", ["runtime.strategy=fsdp"]),
 ])
 def test_two_processes_train_what_one_process_trains(project, tmp_path, name, overrides):
     directory = tmp_path / "project"
@@ -51,6 +53,10 @@ def test_two_processes_train_what_one_process_trains(project, tmp_path, name, ov
     for key, tensor in one_weights.items():
         torch.testing.assert_close(two_weights[key], tensor, rtol=1e-4, atol=1e-6, msg=key)
     assert (one_summary["processes"], two_summary["processes"]) == (1, 2)
+    sharded = "runtime.strategy=fsdp" in overrides
+    assert two_summary["strategy"] == ("fsdp" if sharded else "ddp")
+    if name == "full":  # FSDP's rank keeps AdamW moments for its half of the weights only
+        assert two_summary["optimizer_state_mb"] == pytest.approx(one_summary["optimizer_state_mb"] / (2 if sharded else 1), abs=0.1)
     assert two_summary["train_tokens"] == one_summary["train_tokens"], "tokens of the global batches"
     assert two_summary["best_step"] == one_summary["best_step"]
 
