@@ -86,8 +86,9 @@ STRATEGIES = ("ddp", "fsdp")
 
 @contextlib.contextmanager
 def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
-    """Join the job's process group (gloo on CPU, NCCL on CUDA) for the block; nothing with one process."""
-    if not ranks.distributed:
+    """Join the job's process group (gloo on CPU, NCCL on CUDA) for the block; nothing with one
+    process, or where the caller already joined one (and will leave it)."""
+    if not ranks.distributed or dist.is_initialized():
         yield
         return
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world_size)

@@ -1,7 +1,9 @@
-"""Several processes (torchrun, DDP, gloo on CPU) give what one process gives with the same global
-batch: the same step losses and the same saved weights, delta or adapter, within float32 noise.
-The runs are real: `python -m stages.train RUN` with `runtime.processes=2` relaunches itself under
-torchrun, exactly as `dvc repro` would run it."""
+"""Several processes (torchrun, gloo on CPU) give what one process gives with the same global batch:
+the same step losses and the same saved weights, delta or adapter within float32 noise, and the
+same prediction bytes. Each strategy is one real `torchrun` launch of 2 processes that runs every
+case's stage function in turn (launches dominate the cost); one more case runs the stage command
+itself, `python -m stages.train RUN` with `runtime.processes=2`, which relaunches under torchrun
+as `dvc repro` would."""
 
 from __future__ import annotations
 
@@ -13,69 +15,147 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY, run
+from conftest import TINY, inside, run
 from safetensors.torch import load_file
 
-from neft.artifacts import train_log_dir, weights_dir
+from neft.artifacts import eval_dir, train_log_dir, weights_dir
 from neft.config import ConfigError, compose_params, parse_config
 from neft.distributed import Ranks
+from stages.evaluate import evaluate
+from stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = {"probe": "model.safetensors", "full": "model.safetensors", "neft": "neft_delta.safetensors",
            "lora": "adapter_model.safetensors"}
+CASES = {  # case: (training run, overrides)
+    "full": ("full", []), "neft": ("neft", []), "lora": ("lora", []),
+    # NeFT's custom autograd function, recomputed by non-reentrant checkpointing
+    "neft-checkpointing": ("neft", ["train.gradient_checkpointing=true"]),
+    "gradient-probe": ("probe", ["probe.kind=gradient"]),  # no optimizer: the summed gradient itself must match
+}
+# Before any case retrains NeFT, so that both sides generate with the workspace's same NeFT delta.
+EVALUATE_FIRST = {"evaluate": ("evaluate", [])}
+SHARDED_CASES = ("full", "neft", "lora")  # the gradient probe saves gradients, which FSDP shards
+
+# Runs in each of the torchrun processes: every case's stage function, then rank 0 keeps its outputs.
+CASES_UNDER_TORCHRUN = """
+import json, shutil, sys
+from pathlib import Path
+import torch.distributed as dist
+from neft.config import compose_params, parse_config
+from neft.distributed import Ranks
+from stages.evaluate import evaluate
+from stages.train import train
+cases, tiny, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
+dist.init_process_group("gloo")  # once for all cases: the stage functions join it rather than their own
+for case, (name, overrides) in cases.items():
+    config = parse_config(compose_params([*tiny, "runtime.processes=2", *overrides]))
+    evaluate("neft", config) if name == "evaluate" else train(name, config)
+    if Ranks.from_environment().is_main:
+        weights = "artifacts/probe" if name == "probe" else f"artifacts/train/{name}"
+        for written in ["reports/eval/neft"] if name == "evaluate" else [f"reports/train/{name}", weights]:
+            shutil.copytree(written, out / case / written)
+dist.destroy_process_group()
+"""
 
 
-def trained(directory: Path, name: str, processes: int, *overrides: str) -> tuple[list[float], dict[str, torch.Tensor], dict]:
-    (directory / "params.yaml").write_text(yaml.safe_dump(compose_params([*TINY, f"runtime.processes={processes}", *overrides])))
-    run(["python", "-m", "stages.train", name], directory, PYTHONPATH=str(ROOT))
+def outputs(directory: Path, name: str) -> tuple[list[float], dict[str, torch.Tensor], dict]:
     losses = pd.read_csv(directory / train_log_dir(name) / "plots/metrics/loss.tsv", sep="\t")["loss"].tolist()
     summary = json.loads((directory / train_log_dir(name) / "summary.json").read_text())
     return losses, load_file(directory / weights_dir(name) / WEIGHTS[name]), summary
 
 
-@pytest.mark.parametrize(("name", "overrides"), [
-    ("full", []), ("neft", []), ("lora", []),
-    # NeFT's custom autograd function, recomputed by non-reentrant checkpointing under DDP
-    ("neft", ["train.gradient_checkpointing=true"]),
-    ("probe", ["probe.kind=gradient"]),  # no optimizer: the summed gradient itself must match
-    # FSDP2: every weight sharded over the two processes, the result gathered to rank 0 to save
-    ("full", ["runtime.strategy=fsdp"]), ("neft", ["runtime.strategy=fsdp"]), ("lora", ["runtime.strategy=fsdp"]),
-])
-def test_two_processes_train_what_one_process_trains(project, tmp_path, name, overrides):
-    directory = tmp_path / "project"
+def predictions_and_metrics(directory: Path) -> tuple[bytes, dict]:
+    metrics = json.loads((directory / eval_dir("neft") / "metrics.json").read_text())
+    metrics.pop("generate_seconds")
+    return (directory / eval_dir("neft") / "predictions.jsonl").read_bytes(), metrics
+
+
+@pytest.fixture(scope="module")
+def workspace(project, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("distributed") / "project"
     shutil.copytree(project[0], directory)
-    one_losses, one_weights, one_summary = trained(directory, name, 1, *(o for o in overrides if o.startswith("probe.")))
-    two_losses, two_weights, two_summary = trained(directory, name, 2, *overrides)
-    # Each rank's loss is rescaled so that DDP's average is the global batch's token mean; what
-    # remains is float32 summation order.
+    return directory
+
+
+@pytest.fixture(scope="module")
+def one_process(workspace, tmp_path_factory) -> Path:
+    """Every case in this process: the reference."""
+    out = tmp_path_factory.mktemp("one-process")
+    with inside(workspace):
+        for case, (name, overrides) in {**EVALUATE_FIRST, **CASES}.items():
+            config = parse_config(compose_params([*TINY, *(o for o in overrides if not o.startswith("train."))]))
+            if name == "evaluate":
+                evaluate("neft", config)
+                shutil.copytree(eval_dir("neft"), out / case / eval_dir("neft"))
+            else:
+                train(name, config)
+                for written in (train_log_dir(name), weights_dir(name)):
+                    shutil.copytree(written, out / case / written)
+    return out
+
+
+def under_torchrun(workspace: Path, out: Path, cases: dict[str, tuple[str, list[str]]]) -> Path:
+    script = out / "cases.py"
+    script.write_text(CASES_UNDER_TORCHRUN)
+    run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+         json.dumps(cases), json.dumps(TINY), str(out)], workspace, PYTHONPATH=str(ROOT))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp(one_process, workspace, tmp_path_factory) -> Path:
+    return under_torchrun(workspace, tmp_path_factory.mktemp("ddp"), {**EVALUATE_FIRST, **CASES})
+
+
+@pytest.fixture(scope="module")
+def fsdp(one_process, workspace, tmp_path_factory) -> Path:
+    cases = {case: (CASES[case][0], [*CASES[case][1], "runtime.strategy=fsdp"]) for case in SHARDED_CASES}
+    return under_torchrun(workspace, tmp_path_factory.mktemp("fsdp"), cases)
+
+
+def assert_trained_alike(one: Path, two: Path, name: str, strategy: str) -> None:
+    one_losses, one_weights, one_summary = outputs(one, name)
+    two_losses, two_weights, two_summary = outputs(two, name)
+    # Each rank's loss is rescaled so that the averaged gradient is the global batch's token mean;
+    # what remains is float32 summation order.
     assert two_losses == pytest.approx(one_losses, rel=1e-5)
     assert two_weights.keys() == one_weights.keys()
     for key, tensor in one_weights.items():
         torch.testing.assert_close(two_weights[key], tensor, rtol=1e-4, atol=1e-6, msg=key)
-    assert (one_summary["processes"], two_summary["processes"]) == (1, 2)
-    sharded = "runtime.strategy=fsdp" in overrides
-    assert two_summary["strategy"] == ("fsdp" if sharded else "ddp")
-    if name == "full":  # FSDP's rank keeps AdamW moments for its half of the weights only
-        assert two_summary["optimizer_state_mb"] == pytest.approx(one_summary["optimizer_state_mb"] / (2 if sharded else 1), abs=0.1)
+    assert (one_summary["processes"], two_summary["processes"], two_summary["strategy"]) == (1, 2, strategy)
     assert two_summary["train_tokens"] == one_summary["train_tokens"], "tokens of the global batches"
     assert two_summary["best_step"] == one_summary["best_step"]
+    if name == "full":  # under FSDP a rank keeps AdamW moments for its half of the weights only
+        share = 2 if strategy == "fsdp" else 1
+        assert two_summary["optimizer_state_mb"] == pytest.approx(one_summary["optimizer_state_mb"] / share, abs=0.1)
 
 
-def test_two_processes_evaluate_what_one_process_evaluates(project, tmp_path):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ddp_trains_what_one_process_trains(one_process, ddp, case):
+    assert_trained_alike(one_process / case, ddp / case, CASES[case][0], "ddp")
+
+
+@pytest.mark.parametrize("case", SHARDED_CASES)
+def test_fsdp_trains_what_one_process_trains(one_process, fsdp, case):
+    assert_trained_alike(one_process / case, fsdp / case, CASES[case][0], "fsdp")
+
+
+def test_two_processes_evaluate_what_one_process_evaluates(one_process, ddp):
     """The ranks generate alternate batches of the same length-sorted batching and gather the
     predictions in input order: the same bytes as one process, metrics included."""
+    one, two = predictions_and_metrics(one_process / "evaluate"), predictions_and_metrics(ddp / "evaluate")
+    assert two == one
+    assert -(-one[1]["test_examples"] // compose_params(TINY)["evaluate"]["batch_size"]) >= 2, "both ranks generate"
+
+
+def test_the_stage_command_relaunches_itself_under_torchrun(one_process, workspace, tmp_path):
     directory = tmp_path / "project"
-    shutil.copytree(project[0], directory)
-    written = {}
-    for processes in (1, 2):
-        (directory / "params.yaml").write_text(yaml.safe_dump(compose_params([*TINY, f"runtime.processes={processes}"])))
-        run(["python", "-m", "stages.evaluate", "neft"], directory, PYTHONPATH=str(ROOT))
-        metrics = json.loads((directory / "reports/eval/neft/metrics.json").read_text())
-        metrics.pop("generate_seconds")
-        written[processes] = (directory / "reports/eval/neft/predictions.jsonl").read_bytes(), metrics
-    assert written[2] == written[1]
-    batches = -(-written[1][1]["test_examples"] // compose_params(TINY)["evaluate"]["batch_size"])
-    assert batches >= 2, "both ranks generate"
+    shutil.copytree(workspace, directory)
+    (directory / "params.yaml").write_text(yaml.safe_dump(compose_params([*TINY, "runtime.processes=2"])))
+    printed = run(["python", "-m", "stages.train", "neft"], directory, PYTHONPATH=str(ROOT)).stdout
+    assert '"processes": 2' in printed, "the summary rank 0 wrote, printed by the launching process"
+    assert_trained_alike(one_process / "neft", directory, "neft", "ddp")
 
 
 def test_a_rank_takes_an_equal_contiguous_share_of_every_batch():
@@ -94,6 +174,10 @@ def test_one_process_back_propagates_its_own_loss():
 
 
 def test_a_batch_that_the_processes_cannot_share_equally_is_refused():
-    params = compose_params([*TINY, "runtime.processes=3"])
     with pytest.raises(ConfigError, match=r"train.batch_size = 4: must be a multiple of runtime.processes \(3\)"):
-        parse_config(params)
+        parse_config(compose_params([*TINY, "runtime.processes=3"]))
+
+
+def test_the_gradient_probe_under_fsdp_is_refused():
+    with pytest.raises(ConfigError, match="probe.kind = 'gradient' with runtime.strategy = 'fsdp'"):
+        parse_config(compose_params([*TINY, "runtime.processes=2", "runtime.strategy=fsdp", "probe.kind=gradient"]))
