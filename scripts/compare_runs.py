@@ -59,14 +59,15 @@ def load_run(name: str, commits: dict[str, str], with_predictions: bool, method:
     probe = read_summary("reports/train/probe/summary.json", revision)
     lora = read_summary("reports/train/lora/summary.json", revision)
     return RunOutputs(
-        name=name,
+        name=name if method == "neft" else f"{name} ({method})",  # how the pairs name this side
         mask=mask_from_json(json.loads(read_text("artifacts/mask/mask.json", revision))),
         mask_summary=json.loads(read_text("artifacts/mask/summary.json", revision)),
         score_summary=json.loads(read_text("artifacts/scores/summary.json", revision)),
         predictions=predictions,
         costs={"probe_kind": params["probe"].get("kind", "full"), "probe_steps": params["probe"]["steps"],
                "probe_seconds": probe.get("train_seconds"), "probe_peak_mb": probe.get("peak_memory_mb"),
-               "lora_train_peak_mb": lora.get("peak_memory_mb")},
+               "lora_train_peak_mb": lora.get("peak_memory_mb"),
+               "probe_peak_vs_lora": round(probe["peak_memory_mb"] / lora["peak_memory_mb"], 3) if probe and lora else None},
     )
 
 
@@ -92,13 +93,14 @@ def main() -> None:
             if (name, method) not in runs:
                 runs[name, method] = load_run(name, commits, not args.masks_only, method)
         pairs.append((runs[sides[0]], runs[sides[1]]))
-    by_name = {run.name: run for run in runs.values()}  # masks and costs do not depend on the method compared
+    by_name = {name: run for (name, _), run in runs.items()}  # masks and costs do not depend on the method compared
 
     args.out.mkdir(parents=True, exist_ok=True)
     masks = mask_table(pairs)
-    resolution = pd.DataFrame([{"run": run.name, **run.costs, **run.score_summary, "tied_at_cutoff": run.mask_summary.get("tied_at_cutoff"),
+    scored = [{key: value for key, value in run.score_summary.items() if key != "made_from"} for run in by_name.values()]
+    resolution = pd.DataFrame([{"run": name, **run.costs, **score, "tied_at_cutoff": run.mask_summary.get("tied_at_cutoff"),
                                 "decided_by_tiebreak": run.mask_summary.get("decided_by_tiebreak"), "k": run.mask.num_neurons}
-                               for run in by_name.values()])
+                               for (name, run), score in zip(by_name.items(), scored, strict=True)])
     layers = layer_distribution({name: run.mask for name, run in by_name.items()})
     masks.to_csv(args.out / "masks.csv", index=False)
     resolution.to_csv(args.out / "resolution.csv", index=False)
