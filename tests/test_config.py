@@ -31,12 +31,23 @@ def test_params_yaml_matches_conf_and_loads():
     assert load_config(ROOT / "params.yaml").train.steps == committed["train"]["steps"]
 
 
-@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "llama2-7b-chat", "qwen2.5-7b-instruct", "tiny-llama"])
-@pytest.mark.parametrize("task", ["bible-es-en", "aclsum", "wmt19-en-zh", "jsonl"])
+MODELS = sorted(path.stem for path in (ROOT / "conf/model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("task", sorted(path.stem for path in (ROOT / "conf/task").glob("*.yaml")))
 def test_every_model_and_task_composes_into_a_valid_config(model, task):
     config = compose_config([f"model={model}", f"task={task}"])
     assert config.model.name == model and config.task.name == task
     assert all(getattr(config.methods, method).learning_rate > 0 for method in ("full", "neft", "lora"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_8_gpu_machine_composes_with_every_model(model):
+    config = compose_config([f"model={model}", "machine=gpu8"])
+    assert (config.runtime.device, config.runtime.processes, config.runtime.strategy) == ("cuda", 8, "fsdp")
+    assert config.train.batch_size % 8 == 0
+    assert compose_config([f"model={model}"]).runtime.processes == 1, "one process unless the machine says otherwise"
 
 
 def test_every_task_source_has_a_builder():
