@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from neft import OFFLINE_ENVIRONMENT, use_offline_environment
 
@@ -165,17 +167,29 @@ def commit(repo: Path, message: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def committed_tiny_run(tmp_path_factory) -> tuple[Path, str, str]:
+def committed_tiny_run(tmp_path_factory, worker_id) -> tuple[Path, str, str]:
     """The suite's one full run of the tiny pipeline, which both end-to-end modules copy
     (`copy_repository`): a git+DVC copy of the project whose first commit has no pipeline run, then
     `scripts/ci_pipeline.py --base HEAD` on it (it reproduces HEAD in a worktree for the
     `model=tiny-llama task=jsonl` params and checks out that run), committed. Returns the
-    repository, the script's output and the commit of the run."""
-    repo = copy_project_into_new_repo(tmp_path_factory.mktemp("neft-tiny-run"), ("reports/", "artifacts/", "data/prepared"))
-    commit(repo, "project, params.yaml for the default config")
-    output = run([sys.executable, "scripts/ci_pipeline.py", "--base", "HEAD"], repo).stdout
-    commit(repo, "tiny run")
-    return repo, output, run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    repository, the script's output and the commit of the run.
+
+    Made once per test run, whatever the number of pytest-xdist workers: the first worker to need
+    it builds it under their shared temporary directory while the others wait on a file lock.
+    Nobody changes it afterwards; tests work on copies."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    made = shared / "neft-tiny-run.json"
+    with FileLock(f"{made}.lock"):
+        if not made.is_file():
+            repo = shared / "neft-tiny-run"
+            repo.mkdir()
+            copy_project_into_new_repo(repo, ("reports/", "artifacts/", "data/prepared"))
+            commit(repo, "project, params.yaml for the default config")
+            output = run([sys.executable, "scripts/ci_pipeline.py", "--base", "HEAD"], repo).stdout
+            commit(repo, "tiny run")
+            made.write_text(json.dumps([str(repo), output, run(["git", "rev-parse", "HEAD"], repo).stdout.strip()]))
+    repo, output, tiny_run_commit = json.loads(made.read_text())
+    return Path(repo), output, tiny_run_commit
 
 
 def copy_repository(source: Path, destination: Path) -> Path:

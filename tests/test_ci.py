@@ -16,8 +16,7 @@ from test_pipeline_e2e import (  # the stage sets, kept in one place
     RATIO_DOWNSTREAM,
 )
 
-# One xdist worker runs every end-to-end test: they share the session's tiny run (conftest).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github/workflows/pipeline.yml"

@@ -71,18 +71,18 @@ def predictions_and_metrics(directory: Path) -> tuple[bytes, dict]:
     return (directory / eval_dir("neft") / "predictions.jsonl").read_bytes(), metrics
 
 
-@pytest.fixture(scope="module")
-def workspace(project, tmp_path_factory) -> Path:
+def fresh_workspace(project, tmp_path_factory) -> Path:
+    """A copy of the session's stage project: each launch starts from the same NeFT delta."""
     directory = tmp_path_factory.mktemp("distributed") / "project"
     shutil.copytree(project[0], directory)
     return directory
 
 
 @pytest.fixture(scope="module")
-def one_process(workspace, tmp_path_factory) -> Path:
+def one_process(project, tmp_path_factory) -> Path:
     """Every case in this process: the reference."""
     out = tmp_path_factory.mktemp("one-process")
-    with inside(workspace):
+    with inside(fresh_workspace(project, tmp_path_factory)):
         for case, (name, overrides) in {**EVALUATE_FIRST, **CASES}.items():
             config = parse_config(compose_params([*TINY, *(o for o in overrides if not o.startswith("train."))]))
             if name == "evaluate":
@@ -104,14 +104,14 @@ def under_torchrun(workspace: Path, out: Path, cases: dict[str, tuple[str, list[
 
 
 @pytest.fixture(scope="module")
-def ddp(one_process, workspace, tmp_path_factory) -> Path:
-    return under_torchrun(workspace, tmp_path_factory.mktemp("ddp"), {**EVALUATE_FIRST, **CASES})
+def ddp(project, tmp_path_factory) -> Path:
+    return under_torchrun(fresh_workspace(project, tmp_path_factory), tmp_path_factory.mktemp("ddp"), {**EVALUATE_FIRST, **CASES})
 
 
 @pytest.fixture(scope="module")
-def fsdp(one_process, workspace, tmp_path_factory) -> Path:
+def fsdp(project, tmp_path_factory) -> Path:
     cases = {case: (CASES[case][0], [*CASES[case][1], "runtime.strategy=fsdp"]) for case in SHARDED_CASES}
-    return under_torchrun(workspace, tmp_path_factory.mktemp("fsdp"), cases)
+    return under_torchrun(fresh_workspace(project, tmp_path_factory), tmp_path_factory.mktemp("fsdp"), cases)
 
 
 def assert_trained_alike(one: Path, two: Path, name: str, strategy: str) -> None:
@@ -149,9 +149,9 @@ def test_two_processes_evaluate_what_one_process_evaluates(one_process, ddp):
     assert -(-one[1]["test_examples"] // compose_params(TINY)["evaluate"]["batch_size"]) >= 2, "both ranks generate"
 
 
-def test_the_stage_command_relaunches_itself_under_torchrun(one_process, workspace, tmp_path):
+def test_the_stage_command_relaunches_itself_under_torchrun(one_process, project, tmp_path):
     directory = tmp_path / "project"
-    shutil.copytree(workspace, directory)
+    shutil.copytree(project[0], directory)
     (directory / "params.yaml").write_text(yaml.safe_dump(compose_params([*TINY, "runtime.processes=2"])))
     printed = run(["python", "-m", "stages.train", "neft"], directory, PYTHONPATH=str(ROOT)).stdout
     assert '"processes": 2' in printed, "the summary rank 0 wrote, printed by the launching process"

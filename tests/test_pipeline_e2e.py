@@ -15,8 +15,7 @@ import yaml
 from conftest import copy_repository, run, stages_run
 from safetensors.torch import load_file
 
-# One xdist worker runs every end-to-end test: they share the session's tiny run (conftest).
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.e2e
 
 TINY = ["model=tiny-llama", "task=jsonl"]
 ALL_STAGES = {
