@@ -245,13 +245,18 @@ def train(
         with torch.no_grad():
             for parameter, saved in zip(parameters, best_state, strict=True):
                 parameter.copy_(saved)
+    _record_measurements(result, start, timer, window)
+    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
+    return result
+
+
+def _record_measurements(result: TrainResult, start: float, timer: StepTimer, window: MemoryWindow) -> None:
+    """Wall time since `start`, each step's time and the window's peak memory, into `result`."""
     result.seconds = time.perf_counter() - start
     result.step_seconds = timer.seconds
     result.peak_memory_bytes = window.peak_bytes()
     result.memory_before_bytes = window.before_bytes
     result.memory_kind = window.kind
-    result.optimizer_state_bytes = optimizer_state_bytes(optimizer)
-    return result
 
 
 def accumulate_gradients(
@@ -290,10 +295,6 @@ def accumulate_gradients(
         result.train_tokens += tokens
         if on_step:
             on_step(step, {"loss": result.losses[-1]})
-    result.seconds = time.perf_counter() - start
-    result.step_seconds = timer.seconds
-    result.peak_memory_bytes = window.peak_bytes()
-    result.memory_before_bytes = window.before_bytes
-    result.memory_kind = window.kind
+    _record_measurements(result, start, timer, window)
     result.gradient_bytes = gradient_bytes(parameters)
     return result
