@@ -71,17 +71,16 @@ class Ranks:
     def global_token_mean(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
         """For the token-mean `loss` of this rank's slice: what this rank back-propagates, the
         global batch's mean loss, and the global batch's input tokens (see the module docstring)."""
-        tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         inputs = float(batch["attention_mask"].sum())
         if not self.distributed:
             return loss, float(loss.detach()), int(inputs)
+        tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         totals = torch.tensor([float(loss.detach()) * tokens, tokens, inputs], dtype=torch.float64, device=loss.device)
         dist.all_reduce(totals)
         return loss * (self.world_size * tokens / totals[1].item()), (totals[0] / totals[1]).item(), int(totals[2].item())
 
 
 ONE_PROCESS = Ranks()
-STRATEGIES = ("ddp", "fsdp")
 
 
 @contextlib.contextmanager
