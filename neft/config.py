@@ -32,7 +32,7 @@ PARAMS_FILE = Path("params.yaml")
 CONFIG_DIR = PROJECT_ROOT / "conf"
 TASK_SOURCES = ("sword", "aclsum", "jsonl", "hub_translation", "gettext")
 TASK_KINDS = ("translation", "summarization")
-PROBE_KINDS = ("full", "matrices", "lora", "gradient")  # stages/train.py maps each to a neft.methods set-up
+PROBE_KINDS = ("full", "matrices", "lora", "gradient")  # neft.methods.PROBE_SETUPS maps each to a set-up
 
 
 def _check(predicate: typing.Callable[[Any], bool], allowed: str) -> dict[str, Any]:

@@ -130,7 +130,8 @@ def wrap_for_training(model: torch.nn.Module, parameters: list[torch.nn.Paramete
         return model, parameters
     if strategy == "ddp":
         device_ids = [device.index] if device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids), parameters
+        # Bucket views: the gradients live in DDP's reduction buckets rather than beside a copy there.
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True), parameters
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     trained = [names[id(parameter)] for parameter in parameters]
     # FSDP2 cannot shard an empty tensor: NeFT's delta of a layer where the mask chose no neuron of a kind.

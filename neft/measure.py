@@ -7,20 +7,28 @@
   process-lifetime peak, and `MemoryWindow.kind` says so.
 - **Optimizer-state and gradient bytes**: the sizes of the tensors themselves.
 - **Step time**: wall clock with the device synchronised, so queued GPU work is not missed.
+- **Peak bytes of the tensors a block creates** (`TensorLifetimes`), exact on any device: every
+  storage an op makes inside the block, from its creation to its release. The memory plan fits its
+  activation figures to these; an RSS high-water mark would add the C allocator's slack.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import itertools
 import resource
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CUDA_PEAK = "cuda max_memory_allocated (training window)"
 CPU_WINDOW_PEAK = "rss high-water mark (training window)"
@@ -113,3 +121,41 @@ class StepTimer:
         synchronize(self.device)
         self.seconds.append(time.perf_counter() - self._start)
         return self.seconds[-1]
+
+
+class TensorLifetimes(TorchDispatchMode):
+    """Inside the block, every tensor storage an op creates, with its size, creation and release, in
+    order (autograd's backward ops included). `peak_bytes` is the most of them alive at once;
+    storages made before the block (the weights) do not count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sizes: weakref.WeakKeyDictionary[torch.UntypedStorage, tuple[int, int]] = weakref.WeakKeyDictionary()
+        self._ids = itertools.count()
+        self.events: list[tuple[int, int]] = []  # (storage id, +bytes at creation / -bytes at release)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        output = func(*args, **(kwargs or {}))
+        for tensor in pytree.tree_leaves(output):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage() not in self._sizes:
+                storage = tensor.untyped_storage()
+                key, size = next(self._ids), storage.nbytes()
+                self._sizes[storage] = (key, size)
+                self.events.append((key, size))
+                weakref.finalize(storage, self.events.append, (key, -size))
+        return output
+
+    def key(self, tensor: torch.Tensor) -> int | None:
+        """The id of the storage behind `tensor`, if an op inside the block made it."""
+        found = self._sizes.get(tensor.untyped_storage())
+        return None if found is None else found[0]
+
+    def peak_bytes(self, excluding: Iterable[int] = ()) -> int:
+        """The most bytes alive at once, leaving out the storages with ids in `excluding`."""
+        left_out = set(excluding)
+        alive = peak = 0
+        for key, change in self.events:
+            if key not in left_out:
+                alive += change
+                peak = max(peak, alive)
+        return peak

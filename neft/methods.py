@@ -28,6 +28,8 @@ TRAINING_RUNS = ("probe", *METHODS)
 # probe_matrices, probe_lora and probe_gradient are the cheap probes (`probe.kind`): they change only
 # the matrices holding the candidate neurons, so that scoring and everything after stay the same.
 SETUPS = (*TRAINING_RUNS, "probe_matrices", "probe_lora", "probe_gradient", "dense_masked")
+# The set-up of each `probe.kind` (neft.config.PROBE_KINDS).
+PROBE_SETUPS = {"full": "probe", "matrices": "probe_matrices", "lora": "probe_lora", "gradient": "probe_gradient"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 

@@ -21,21 +21,19 @@ import torch
 from dvclive import Live
 
 from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
-from neft.config import PROBE_KINDS, Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
+from neft.config import Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.distributed import Ranks, full_state_dict, process_group, rank_device, relaunched, wrap_for_training
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
-from neft.methods import TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
+from neft.memory_plan import model_architecture, plan_config, require_fits
+from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.tokenization import encode_all, evaluation_batches, training_batches
 from neft.training import Checkpoints, TrainSettings, accumulate_gradients
 from neft.training import train as train_loop
 from stages._common import run_stage
-
-PROBE_SETUPS = {"full": "probe", "matrices": "probe_matrices", "lora": "probe_lora", "gradient": "probe_gradient"}
-assert set(PROBE_SETUPS) == set(PROBE_KINDS)
 
 
 def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableModel:
@@ -85,6 +83,7 @@ def train(run: str, config: Config) -> dict[str, Any]:
                      f"the base model in {BASE_MODEL_DIR}")
     if run == "lora":
         read_budget()
+    require_memory_fits(run, config)
     # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
     if (summary := relaunched(config.runtime.processes, "stages.train", [run], train_log_dir(run) / "summary.json")) is not None:
         return summary
@@ -170,6 +169,16 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
     write_json(log_dir / "summary.json", summary)
     checkpoints.remove()
     return summary
+
+
+def require_memory_fits(run: str, config: Config) -> None:
+    """On a GPU, refuse a run that the memory plan (neft.memory_plan) says will not fit in one
+    process's GPU, with the plan, before anything loads or launches."""
+    if resolve_device(config.runtime).type != "cuda":
+        return
+    architecture = model_architecture(config.model, BASE_MODEL_DIR)
+    row = plan_config(config, architecture, runs=[run], checkpointing=(config.train.gradient_checkpointing,))[0]
+    require_fits(row, torch.cuda.get_device_properties(0).total_memory, f"train@{run}")
 
 
 def load_and_set_up(run: str, config: Config, device: torch.device) -> tuple[TrainableModel, int]:
