@@ -58,6 +58,24 @@ class RuntimeConfig:
     # ddp (each holds the model, DDP reduces the trainable parameters) or fsdp (FSDP2 shards every weight).
     processes: int = field(default=1, metadata=AT_LEAST_ONE)
     strategy: Literal["ddp", "fsdp"] = "ddp"
+    # Several machines: `nodes` of them, each running `processes`; this one is `node_rank` (0 writes the
+    # results), and all meet at node 0's `rendezvous` address, host:port (torchrun's c10d rendezvous).
+    nodes: int = field(default=1, metadata=AT_LEAST_ONE)
+    node_rank: int = field(default=0, metadata=NON_NEGATIVE)
+    rendezvous: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.processes * self.nodes
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.node_rank >= self.nodes:
+            found.append(f"runtime.node_rank = {self.node_rank}: must be below runtime.nodes ({self.nodes})")
+        if self.nodes > 1 and not self.rendezvous:
+            found.append(f"runtime.rendezvous is missing: runtime.nodes = {self.nodes} needs node 0's host:port, "
+                         "e.g. runtime.rendezvous=10.0.0.1:29500")
+        return found
 
 
 @dataclass(frozen=True)
@@ -254,10 +272,11 @@ class Config:
 
     def problems(self) -> list[str]:
         found = []
-        if self.train.batch_size % self.runtime.processes:
+        if self.train.batch_size % self.runtime.world_size:
             found.append(f"train.batch_size = {self.train.batch_size}: must be a multiple of runtime.processes "
-                         f"({self.runtime.processes}), each process takes an equal share of every batch")
-        if self.probe.kind == "gradient" and self.runtime.strategy == "fsdp" and self.runtime.processes > 1:
+                         f"({self.runtime.processes}) x runtime.nodes ({self.runtime.nodes}), each process takes an "
+                         "equal share of every batch")
+        if self.probe.kind == "gradient" and self.runtime.strategy == "fsdp" and self.runtime.world_size > 1:
             found.append("probe.kind = 'gradient' with runtime.strategy = 'fsdp': the gradient probe saves the gradients it "
                          "collected, which FSDP shards; use runtime.strategy=ddp")
         return found

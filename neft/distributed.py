@@ -1,7 +1,8 @@
 """Training in several processes under `torchrun`, with DDP over the parameters that train.
 
 One process (`runtime.processes: 1`, the default) changes nothing. With more, the training and
-evaluation stages relaunch themselves under `torchrun` (`torch.distributed.run`, one node).
+evaluation stages relaunch themselves under `torchrun` (`torch.distributed.run`): on this machine
+alone, or as one of `runtime.nodes` machines that meet at node 0's `runtime.rendezvous`.
 Evaluation deals the same generation batches one process would make to the ranks in turn and
 gathers the predictions back in input order, so they equal one process's. Every process loads the
 model and takes an equal slice of each global batch; DDP all-reduces the gradients of the trainable
@@ -29,7 +30,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.fsdp import fully_shard
 
 from neft.tokenization import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from neft.config import RuntimeConfig
 
 T = TypeVar("T")
 
@@ -149,15 +153,24 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def relaunched(processes: int, module: str, args: list[str], result_file: Path) -> dict[str, Any] | None:
-    """For a stage entry point (`python -m module args`): with `processes` > 1 in a plain process,
-    run the stage in that many processes under torchrun on this machine and return the result rank
-    0 wrote to `result_file`; a failing rank's exit status (2 for a user error) ends this process
-    too, its message already printed. None where this process should do the work itself."""
-    if processes == 1 or Ranks.from_environment().distributed:
+def relaunched(runtime: RuntimeConfig, module: str, args: list[str], result_file: Path) -> dict[str, Any] | None:
+    """For a stage entry point (`python -m module args`): with more than one process in all, in a
+    plain process, run the stage under torchrun (`runtime.processes` on this machine, joining the
+    other nodes at `runtime.rendezvous`) and return the result rank 0 wrote to `result_file`; on a
+    node other than 0, which does not hold it, a note saying so. A failing rank's exit status (2 for
+    a user error) ends this process too, its message already printed. None where this process
+    should do the work itself."""
+    if runtime.processes * runtime.nodes == 1 or Ranks.from_environment().distributed:
         return None
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", "-m", module, *args]
+    if runtime.nodes == 1:
+        placement = ["--standalone"]
+    else:
+        placement = [f"--nnodes={runtime.nodes}", f"--node-rank={runtime.node_rank}", "--rdzv-backend=c10d",
+                     f"--rdzv-endpoint={runtime.rendezvous}", f"--rdzv-id=neft-{module}-{'-'.join(args)}"]
+    command = [sys.executable, "-m", "torch.distributed.run", *placement, f"--nproc-per-node={runtime.processes}", "-m", module, *args]
     status = subprocess.run(command, check=False).returncode
     if status:
         sys.exit(status)
+    if runtime.node_rank:
+        return {"node_rank": runtime.node_rank, "result": f"written by node 0 to {result_file}"}
     return json.loads(result_file.read_text())

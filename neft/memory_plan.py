@@ -411,7 +411,7 @@ def method_spec(run: str, config: Config) -> MethodSpec:
 
 def workload(config: Config, processes: int | None = None, labelled_fraction: float = 1.0) -> Workload:
     """One process's share of a batch, every sequence at task.max_length: the most it can be."""
-    return Workload(config.train.batch_size // (processes or config.runtime.processes), config.task.max_length, labelled_fraction)
+    return Workload(config.train.batch_size // (processes or config.runtime.world_size), config.task.max_length, labelled_fraction)
 
 
 def planned_autocast(runtime: RuntimeConfig) -> torch.dtype | None:
@@ -441,7 +441,7 @@ def plan_config(config: Config, architecture: PretrainedConfig, processes: int |
                 strategies: Sequence[str] | None = None, checkpointing: Sequence[bool] = (False, True),
                 labelled_fraction: float = 1.0) -> list[PlanRow]:
     """The plan of the pipeline's training runs for `config` (its processes and strategy unless given)."""
-    processes = processes or config.runtime.processes
+    processes = processes or config.runtime.world_size
     specs = list({method_spec(run, config): None for run in runs})  # the full probe and full FT plan alike
     return plan(architecture, specs, workload(config, processes, labelled_fraction), torch_dtype(config.model.dtype),
                 planned_autocast(config.runtime), strategies or (config.runtime.strategy,), processes, checkpointing)

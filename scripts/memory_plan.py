@@ -82,7 +82,7 @@ def main() -> None:
         else:
             architecture = model_architecture(config.model, BASE_MODEL_DIR)
         rows = []
-        for processes in args.processes or [config.runtime.processes]:
+        for processes in args.processes or [config.runtime.world_size]:
             if config.train.batch_size % processes:
                 raise UserError(f"--processes {processes}: train.batch_size = {config.train.batch_size} must be a multiple of it")
             rows += plan_config(config, architecture, processes, args.runs, args.strategies)

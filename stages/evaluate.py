@@ -28,7 +28,7 @@ def evaluate(method: str, config: Config) -> dict[str, Any]:
     """Greedy-decode the test split with `method`'s model and score it against the references."""
     if method not in EVAL_METHODS:
         raise ConfigError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")
-    if (metrics := relaunched(config.runtime.processes, "stages.evaluate", [method], eval_dir(method) / "metrics.json")) is not None:
+    if (metrics := relaunched(config.runtime, "stages.evaluate", [method], eval_dir(method) / "metrics.json")) is not None:
         return metrics
     ranks = Ranks.from_environment()
     device = rank_device(resolve_device(config.runtime), ranks)

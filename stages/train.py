@@ -85,7 +85,7 @@ def train(run: str, config: Config) -> dict[str, Any]:
         read_budget()
     require_memory_fits(run, config)
     # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
-    if (summary := relaunched(config.runtime.processes, "stages.train", [run], train_log_dir(run) / "summary.json")) is not None:
+    if (summary := relaunched(config.runtime, "stages.train", [run], train_log_dir(run) / "summary.json")) is not None:
         return summary
     learning_rate, steps = learning_rate_and_steps(run, config)
     settings = train_settings(config, learning_rate, steps)

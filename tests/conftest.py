@@ -145,13 +145,17 @@ def project(tmp_path_factory) -> tuple[Path, Config, dict[str, set[str]]]:
 # --- the project in a temporary git repository (end-to-end and CI tests) ------------------------
 
 
-def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """Run a command with this Python's tools first on PATH; raise with its output if it fails."""
+def command_environment(cwd: Path, **env: str) -> dict[str, str]:
+    """A command's environment: offline, this Python's tools first on PATH."""
     inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
     # PYTHONPATH: a script run in `cwd` imports that project's `neft`, not the editable install's.
-    env = {**inherited, **OFFLINE_ENVIRONMENT, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(cwd), **env}
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    return {**inherited, **OFFLINE_ENVIRONMENT, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYTHONPATH": str(cwd), **env}
+
+
+def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    """Run a command with this Python's tools first on PATH; raise with its output if it fails."""
+    result = subprocess.run(command, cwd=cwd, env=command_environment(cwd, **env), capture_output=True, text=True, check=False)
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

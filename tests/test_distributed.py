@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY, inside, run
+from conftest import TINY, command_environment, inside, run
 from safetensors.torch import load_file
 
 from neft.artifacts import eval_dir, train_log_dir, weights_dir
@@ -158,6 +160,40 @@ def test_the_stage_command_relaunches_itself_under_torchrun(one_process, project
     assert_trained_alike(one_process / "neft", directory, "neft", "ddp")
 
 
+def test_two_nodes_train_what_one_process_trains(one_process, project, tmp_path):
+    """Two machines of one process each, played by two copies of the project on this one that meet
+    at a localhost rendezvous, each running the stage command as its node would: node 0's result
+    equals one process's, and node 1 writes nothing."""
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    directories = []
+    for node in (0, 1):
+        directory = tmp_path / f"node{node}"
+        shutil.copytree(project[0], directory)
+        overrides = [*TINY, "runtime.nodes=2", f"runtime.node_rank={node}", f"runtime.rendezvous=localhost:{port}"]
+        (directory / "params.yaml").write_text(yaml.safe_dump(compose_params(overrides)))
+        directories.append(directory)
+    untouched = (directories[1] / train_log_dir("neft") / "summary.json").read_bytes()
+    nodes = [subprocess.Popen(["python", "-m", "stages.train", "neft"], cwd=directory, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=command_environment(directory, PYTHONPATH=str(ROOT)))
+             for directory in directories]
+    printed = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], printed
+    assert '"processes": 2' in printed[0] and '"node_rank": 1' in printed[1]
+    assert_trained_alike(one_process / "neft", directories[0], "neft", "ddp")
+    assert (directories[1] / train_log_dir("neft") / "summary.json").read_bytes() == untouched
+
+
+def test_several_nodes_need_a_rendezvous_and_a_node_rank_below_their_count():
+    with pytest.raises(ConfigError, match=r"runtime.rendezvous is missing: runtime.nodes = 2 needs node 0's host:port"):
+        parse_config(compose_params([*TINY, "runtime.nodes=2"]))
+    with pytest.raises(ConfigError, match=r"runtime.node_rank = 2: must be below runtime.nodes \(2\)"):
+        parse_config(compose_params([*TINY, "runtime.nodes=2", "runtime.node_rank=2", "runtime.rendezvous=localhost:29500"]))
+    with pytest.raises(ConfigError, match=r"train.batch_size = 4: must be a multiple of runtime.processes \(2\) x runtime.nodes \(4\)"):
+        parse_config(compose_params([*TINY, "runtime.processes=2", "runtime.nodes=4", "runtime.rendezvous=localhost:29500"]))
+
+
 def test_a_rank_takes_an_equal_contiguous_share_of_every_batch():
     batch = {"input_ids": torch.arange(24).reshape(8, 3), "labels": torch.arange(24).reshape(8, 3)}
     shares = [Ranks(rank, 4, rank).shard(batch) for rank in range(4)]
@@ -174,7 +210,7 @@ def test_one_process_back_propagates_its_own_loss():
 
 
 def test_a_batch_that_the_processes_cannot_share_equally_is_refused():
-    with pytest.raises(ConfigError, match=r"train.batch_size = 4: must be a multiple of runtime.processes \(3\)"):
+    with pytest.raises(ConfigError, match=r"train.batch_size = 4: must be a multiple of runtime.processes \(3\) x runtime.nodes \(1\)"):
         parse_config(compose_params([*TINY, "runtime.processes=3"]))
 
 
