@@ -111,6 +111,9 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata=NON_NEGATIVE)
     max_grad_norm: float | None = field(default=1.0, metadata=_check(lambda v: v is None or v > 0, "a number > 0 or null"))
     gradient_checkpointing: bool = False
+    # Gradient accumulation: each process's share of a batch goes through this many forward/backward
+    # passes (per-device batch = batch_size / (processes x nodes x this)); the update is the same.
+    gradient_accumulation: int = field(default=1, metadata=AT_LEAST_ONE)
     # Save the training state every this many steps, so a killed stage resumes there (0: never).
     checkpoint_every: int = field(default=50, metadata=NON_NEGATIVE)
 
@@ -272,10 +275,10 @@ class Config:
 
     def problems(self) -> list[str]:
         found = []
-        if self.train.batch_size % self.runtime.world_size:
+        if self.train.batch_size % (self.runtime.world_size * self.train.gradient_accumulation):
             found.append(f"train.batch_size = {self.train.batch_size}: must be a multiple of runtime.processes "
-                         f"({self.runtime.processes}) x runtime.nodes ({self.runtime.nodes}), each process takes an "
-                         "equal share of every batch")
+                         f"({self.runtime.processes}) x runtime.nodes ({self.runtime.nodes}) x train.gradient_accumulation "
+                         f"({self.train.gradient_accumulation}), each pass of each process takes an equal share of every batch")
         if self.probe.kind == "gradient" and self.runtime.strategy == "fsdp" and self.runtime.world_size > 1:
             found.append("probe.kind = 'gradient' with runtime.strategy = 'fsdp': the gradient probe saves the gradients it "
                          "collected, which FSDP shards; use runtime.strategy=ddp")

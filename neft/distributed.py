@@ -15,8 +15,8 @@ saved files have the one-process format.
 
 Equal to one process: the loss is a mean over the global batch's labelled tokens, but a rank sees
 only its slice, and DDP averages gradients over ranks. So each rank scales its slice's mean loss by
-world_size x its tokens / the global batch's tokens (one all-reduce), which makes DDP's average the
-gradient of the global mean. Validation runs whole on every rank (the same number everywhere);
+world_size x its tokens / the global batch's tokens (one all-reduce; `neft.training.backward_on_batch`),
+which makes DDP's average the gradient of the global mean. Validation runs whole on every rank (the same number everywhere);
 rank 0 alone writes checkpoints, logs and results.
 """
 
@@ -36,8 +36,6 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
-
-from neft.tokenization import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from neft.config import RuntimeConfig
@@ -72,16 +70,13 @@ class Ranks:
             return batch
         return {name: tensor.tensor_split(self.world_size)[self.rank] for name, tensor in batch.items()}
 
-    def global_token_mean(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float, int]:
-        """For the token-mean `loss` of this rank's slice: what this rank back-propagates, the
-        global batch's mean loss, and the global batch's input tokens (see the module docstring)."""
-        inputs = float(batch["attention_mask"].sum())
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        """Each value summed over the ranks, on every rank (one all-reduce; none in one process)."""
         if not self.distributed:
-            return loss, float(loss.detach()), int(inputs)
-        tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        totals = torch.tensor([float(loss.detach()) * tokens, tokens, inputs], dtype=torch.float64, device=loss.device)
+            return values
+        totals = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(totals)
-        return loss * (self.world_size * tokens / totals[1].item()), (totals[0] / totals[1]).item(), int(totals[2].item())
+        return totals.tolist()
 
 
 ONE_PROCESS = Ranks()

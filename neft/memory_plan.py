@@ -410,8 +410,9 @@ def method_spec(run: str, config: Config) -> MethodSpec:
 
 
 def workload(config: Config, processes: int | None = None, labelled_fraction: float = 1.0) -> Workload:
-    """One process's share of a batch, every sequence at task.max_length: the most it can be."""
-    return Workload(config.train.batch_size // (processes or config.runtime.world_size), config.task.max_length, labelled_fraction)
+    """One process's pass over its share of a batch, every sequence at task.max_length: the most it can be."""
+    passes = (processes or config.runtime.world_size) * config.train.gradient_accumulation
+    return Workload(config.train.batch_size // passes, config.task.max_length, labelled_fraction)
 
 
 def planned_autocast(runtime: RuntimeConfig) -> torch.dtype | None:

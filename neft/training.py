@@ -15,6 +15,7 @@ ending with the same losses and parameters as a run that was never stopped (bit-
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -42,6 +43,7 @@ class TrainSettings:
     eval_every: int = 0  # 0: validate only at the end
     autocast_dtype: torch.dtype | None = None
     keep_best: bool = True
+    micro_batches: int = 1  # gradient accumulation: forward/backward passes per batch
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -50,6 +52,8 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
+        if self.micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
 
 
 @dataclass
@@ -142,6 +146,26 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], autocast_dt
     return nn.functional.cross_entropy(logits.float(), labels[:, 1:][next_is_label[:, :-1]])
 
 
+def backward_on_batch(model: nn.Module, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None,
+                      ranks: Ranks = ONE_PROCESS, micro_batches: int = 1) -> tuple[float, int]:
+    """Back-propagate one batch (under torchrun, this rank's share of the global batch) in
+    `micro_batches` forward/backward passes, adding into `.grad` the gradient of the global batch's
+    mean loss over its labelled tokens: each pass's mean loss is weighted by world_size x its
+    labelled tokens / the global batch's (DDP then averages over ranks). DDP reduces only after the
+    last pass. Returns the global batch's mean loss and its input-token count."""
+    pieces = [{name: tensor.tensor_split(micro_batches)[index] for name, tensor in batch.items()} for index in range(micro_batches)]
+    labelled = [float((piece["labels"][:, 1:] != IGNORE_INDEX).sum()) for piece in pieces]
+    global_labelled, global_inputs = ranks.sum_over_ranks([sum(labelled), float(batch["attention_mask"].sum())])
+    loss_sum = 0.0
+    for index, (piece, count) in enumerate(zip(pieces, labelled, strict=True)):
+        last = index == micro_batches - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            loss = causal_lm_loss(model, piece, autocast_dtype)
+            (loss * (ranks.world_size * count / global_labelled)).backward()
+        loss_sum += float(loss.detach()) * count
+    return ranks.sum_over_ranks([loss_sum])[0] / global_labelled, int(global_inputs)
+
+
 @torch.no_grad()
 def validation_loss(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], autocast_dtype: torch.dtype | None = None) -> float:
     """Token-weighted mean loss over the batches."""
@@ -208,8 +232,7 @@ def train(
     for step in progress:
         batch = next(batches)
         timer.start()
-        loss, mean_loss, tokens = ranks.global_token_mean(causal_lm_loss(model, batch, settings.autocast_dtype), batch)
-        loss.backward()
+        mean_loss, tokens = backward_on_batch(model, batch, settings.autocast_dtype, ranks, settings.micro_batches)
         if step == 1:
             result.gradient_bytes = gradient_bytes(parameters)
         if settings.max_grad_norm:
@@ -268,6 +291,7 @@ def accumulate_gradients(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     description: str = "gradients",
     ranks: Ranks = ONE_PROCESS,
+    micro_batches: int = 1,
 ) -> TrainResult:
     """Sum the loss gradients of `count` batches into `parameters`' `.grad` and change nothing: no
     optimizer, no optimizer state, no update (the gradient probe). Measured like `train`. Nothing to
@@ -288,8 +312,8 @@ def accumulate_gradients(
     for step in progress:
         batch = next(batches)
         timer.start()
-        loss, mean_loss, tokens = ranks.global_token_mean(causal_lm_loss(model, batch, autocast_dtype), batch)
-        loss.backward()  # adds into .grad: after the last batch it holds the sum
+        # adds into .grad: after the last batch it holds the sum
+        mean_loss, tokens = backward_on_batch(model, batch, autocast_dtype, ranks, micro_batches)
         timer.stop()
         result.losses.append(mean_loss)
         result.train_tokens += tokens

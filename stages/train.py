@@ -64,6 +64,7 @@ def train_settings(config: Config, learning_rate: float, steps: int) -> TrainSet
         max_grad_norm=train.max_grad_norm,
         eval_every=train.eval_every,
         autocast_dtype=autocast_dtype(config.runtime),
+        micro_batches=train.gradient_accumulation,
     )
 
 
@@ -120,7 +121,7 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
         on_step = _dvclive_logger(live) if ranks.is_main else None
         if run == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
             result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
-                                          on_step=on_step, description=run, ranks=ranks)
+                                          on_step=on_step, description=run, ranks=ranks, micro_batches=settings.micro_batches)
         else:
             result = train_loop(model_in_training, parameters, batches, settings,
                                 evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),

@@ -33,6 +33,8 @@ CASES = {  # case: (training run, overrides)
     "full": ("full", []), "neft": ("neft", []), "lora": ("lora", []),
     # NeFT's custom autograd function, recomputed by non-reentrant checkpointing
     "neft-checkpointing": ("neft", ["train.gradient_checkpointing=true"]),
+    # two forward/backward passes per rank and batch, DDP reducing after the second only
+    "lora-accumulation": ("lora", ["train.gradient_accumulation=2"]),
     "gradient-probe": ("probe", ["probe.kind=gradient"]),  # no optimizer: the summed gradient itself must match
 }
 # Before any case retrains NeFT, so that both sides generate with the workspace's same NeFT delta.
@@ -202,15 +204,14 @@ def test_a_rank_takes_an_equal_contiguous_share_of_every_batch():
     assert Ranks().shard(batch) is batch
 
 
-def test_one_process_back_propagates_its_own_loss():
-    loss = torch.tensor(2.5, requires_grad=True)
-    batch = {"labels": torch.tensor([[1, 2, -100]]), "attention_mask": torch.ones(1, 3)}
-    scaled, mean, tokens = Ranks().global_token_mean(loss, batch)
-    assert scaled is loss and mean == 2.5 and tokens == 3
+def test_one_process_sums_over_itself_without_communicating():
+    assert Ranks().sum_over_ranks([2.5, 3.0]) == [2.5, 3.0]
 
 
 def test_a_batch_that_the_processes_cannot_share_equally_is_refused():
-    with pytest.raises(ConfigError, match=r"train.batch_size = 4: must be a multiple of runtime.processes \(3\) x runtime.nodes \(1\)"):
+    message = (r"train.batch_size = 4: must be a multiple of runtime.processes \(3\) x runtime.nodes \(1\) "
+               r"x train.gradient_accumulation \(1\)")
+    with pytest.raises(ConfigError, match=message):
         parse_config(compose_params([*TINY, "runtime.processes=3"]))
 
 

@@ -7,7 +7,7 @@ from conftest import random_batch
 from neft.data.records import Example
 from neft.methods import full_finetuning, lora_finetuning
 from neft.tokenization import encode_all, training_batches
-from neft.training import TrainSettings, causal_lm_loss, linear_schedule, train
+from neft.training import TrainSettings, backward_on_batch, causal_lm_loss, linear_schedule, train
 
 
 def cycle(batches):
@@ -85,3 +85,30 @@ def test_loss_on_labelled_positions_only_equals_transformers_loss(tiny_model):
     reference.backward()
     assert float(ours.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
     torch.testing.assert_close(ours_gradient, tiny_model.get_input_embeddings().weight.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("micro_batches", [2, 4])
+def test_gradient_accumulation_gives_the_whole_batchs_gradient_and_loss(tiny_model, micro_batches):
+    """Passes with different numbers of labelled tokens are weighted by them, so the accumulated
+    gradient is that of the whole batch's token-mean loss, not a mean of the passes' means."""
+    batch = random_batch(tiny_model.config.vocab_size, batch=4, length=12)
+    for row, unlabelled in enumerate([0, 3, 6, 9]):  # a different label count in each pass
+        batch["labels"][row, :unlabelled] = -100
+    whole_loss = causal_lm_loss(tiny_model, batch, None)
+    whole_loss.backward()
+    whole = {name: p.grad.clone() for name, p in tiny_model.named_parameters()}
+    tiny_model.zero_grad(set_to_none=True)
+    mean_loss, tokens = backward_on_batch(tiny_model, batch, None, micro_batches=micro_batches)
+    assert mean_loss == pytest.approx(float(whole_loss), rel=1e-6)
+    assert tokens == 4 * 12
+    for name, parameter in tiny_model.named_parameters():
+        torch.testing.assert_close(parameter.grad, whole[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_one_pass_back_propagates_the_batch_loss_unchanged(tiny_model):
+    batch = random_batch(tiny_model.config.vocab_size)
+    causal_lm_loss(tiny_model, batch, None).backward()
+    plain = [p.grad.clone() for p in tiny_model.parameters()]
+    tiny_model.zero_grad(set_to_none=True)
+    backward_on_batch(tiny_model, batch, None)
+    assert all(torch.equal(p.grad, g) for p, g in zip(tiny_model.parameters(), plain, strict=True))
