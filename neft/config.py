@@ -59,7 +59,7 @@ class RuntimeConfig:
     processes: int = field(default=1, metadata=AT_LEAST_ONE)
     strategy: Literal["ddp", "fsdp"] = "ddp"
     # Several machines: `nodes` of them, each running `processes`; this one is `node_rank` (0 writes the
-    # results), and all meet at node 0's `rendezvous` address, host:port (torchrun's c10d rendezvous).
+    # results), and all meet at node 0's `rendezvous` address, host:port (torchrun's static rendezvous).
     nodes: int = field(default=1, metadata=AT_LEAST_ONE)
     node_rank: int = field(default=0, metadata=NON_NEGATIVE)
     rendezvous: str | None = None

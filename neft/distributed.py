@@ -160,8 +160,10 @@ def relaunched(runtime: RuntimeConfig, module: str, args: list[str], result_file
     if runtime.nodes == 1:
         placement = ["--standalone"]
     else:
-        placement = [f"--nnodes={runtime.nodes}", f"--node-rank={runtime.node_rank}", "--rdzv-backend=c10d",
-                     f"--rdzv-endpoint={runtime.rendezvous}", f"--rdzv-id=neft-{module}-{'-'.join(args)}"]
+        # The static rendezvous: global ranks follow node_rank, so rank 0, the one that writes, is on node 0
+        # (c10d's would number the nodes in the order they join).
+        host, _, port = runtime.rendezvous.rpartition(":")
+        placement = [f"--nnodes={runtime.nodes}", f"--node-rank={runtime.node_rank}", f"--master-addr={host}", f"--master-port={port}"]
     command = [sys.executable, "-m", "torch.distributed.run", *placement, f"--nproc-per-node={runtime.processes}", "-m", module, *args]
     status = subprocess.run(command, check=False).returncode
     if status:
