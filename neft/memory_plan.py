@@ -39,7 +39,7 @@ from neft.config import Config, ModelConfig, RuntimeConfig, autocast_dtype
 from neft.errors import ConfigError
 from neft.masks import ModelShape, NeuronMask, neurons_for_ratio
 from neft.measure import TensorLifetimes
-from neft.methods import PROBE_SETUPS, LoraSettings, lora_parameters_per_rank, lora_rank_for_budget, setup_method
+from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, lora_parameters_per_rank, lora_rank_for_budget, setup_method
 from neft.models import byte_level_tokenizer, torch_dtype, wheel_gguf_file
 from neft.tokenization import IGNORE_INDEX
 from neft.training import causal_lm_loss
@@ -400,9 +400,6 @@ def as_json(rows: Sequence[PlanRow]) -> list[dict[str, Any]]:
 
 # --- from the pipeline's config ---------------------------------------------------------------
 
-RUNS = ("probe", "full", "neft", "lora")
-
-
 def method_spec(run: str, config: Config) -> MethodSpec:
     """The set-up a training run of the pipeline uses (the probe's follows probe.kind)."""
     setup = PROBE_SETUPS[config.probe.kind] if run == "probe" else run
@@ -438,7 +435,7 @@ def model_architecture(model: ModelConfig, prepared_dir: Path | None = None) -> 
     return AutoConfig.from_pretrained(model.repo, revision=model.revision)
 
 
-def plan_config(config: Config, architecture: PretrainedConfig, processes: int | None = None, runs: Sequence[str] = RUNS,
+def plan_config(config: Config, architecture: PretrainedConfig, processes: int | None = None, runs: Sequence[str] = TRAINING_RUNS,
                 strategies: Sequence[str] | None = None, checkpointing: Sequence[bool] = (False, True),
                 labelled_fraction: float = 1.0) -> list[PlanRow]:
     """The plan of the pipeline's training runs for `config` (its processes and strategy unless given)."""

@@ -22,14 +22,13 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from neft.artifacts import BASE_MODEL_DIR
-from neft.config import compose_config
+from neft.config import Config, compose_config
 from neft.errors import UserError
 from neft.memory_plan import (
     GIB,
-    RUNS,
     SHAPES,
     activation_peak_bytes,
     as_json,
@@ -42,10 +41,11 @@ from neft.memory_plan import (
     set_up,
     workload,
 )
+from neft.methods import TRAINING_RUNS
 from neft.models import torch_dtype
 
 
-def measured_activations(args: argparse.Namespace, config, architecture, processes: int) -> dict[str, float]:
+def measured_activations(args: argparse.Namespace, config: Config, architecture: PretrainedConfig, processes: int) -> dict[str, float]:
     """GiB of activations one step of each run holds on this CPU, with and without checkpointing."""
     measured = {}
     batch_shape = workload(config, processes)
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="a Hydra override, as for dvc exp run")
     parser.add_argument("--processes", type=int, nargs="+", help="process counts to plan (default: runtime.processes)")
     parser.add_argument("--strategies", nargs="+", choices=("ddp", "fsdp"), help="default: runtime.strategy")
-    parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
+    parser.add_argument("--runs", nargs="+", choices=TRAINING_RUNS, default=list(TRAINING_RUNS))
     parser.add_argument("--shape", choices=sorted(SHAPES), help="plan this published shape instead of the model's")
     parser.add_argument("--capacity-gib", type=float, help="GPU memory per process: adds a fits column")
     parser.add_argument("--measure", action="store_true", help="also measure the activations on this CPU")
