@@ -1,7 +1,8 @@
 """Turning many DVC experiments into answers: the budget curve (quality vs trainable % for NeFT and
-matched LoRA, the paper's Table 7), the controls at one budget (cosine vs reversed vs random), and
-the spread over seeds (mean +/- standard deviation per method, and of the paired differences NeFT -
-LoRA and NeFT - full FT within each run).
+matched LoRA, the paper's Table 7), the controls at one budget (cosine vs reversed vs random), the
+spread over seeds (mean +/- standard deviation per method, and of the paired differences NeFT -
+LoRA and NeFT - full FT within each run), and the learning curve (quality vs training steps, each
+method at the learning rate its validation loss chose for that step budget).
 
 Input is `dvc exp show --json`; every function below works on plain data and is tested on it.
 """
@@ -18,7 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 METHODS = ("base", "full", "neft", "lora")
-GROUP_KEYS = ("task", "model", "score_form", "ratio", "strategy")
+GROUP_KEYS = ("task", "model", "score_form", "ratio", "strategy", "steps")
 # Runs from before `score.form` existed scored with the paper's fp32 cosine.
 SCORE_FORM_BEFORE_THE_OPTION = "fp32"
 
@@ -49,7 +50,7 @@ def _file_data(section: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
     return {}
 
 
-CONFIG_KEYS = ("task", "model", "score_form", "ratio", "strategy", "seed", "method")
+CONFIG_KEYS = (*GROUP_KEYS, "seed", "method", "learning_rate")
 
 
 def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
@@ -80,13 +81,49 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
                 "score_form": (params.get("score") or {}).get("form", SCORE_FORM_BEFORE_THE_OPTION),
                 "ratio": params["ratio"],
                 "strategy": params["mask"]["strategy"],
+                "steps": params["train"]["steps"],
                 "seed": params["seed"],
                 "method": method,
+                "learning_rate": params["methods"][method]["learning_rate"] if method in params["methods"] else None,
                 **metrics[method],
                 **tests,
             })
     frame = pd.DataFrame(rows)
     return frame.drop_duplicates(list(CONFIG_KEYS), keep="first").reset_index(drop=True) if rows else frame
+
+
+def select_learning_rates(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per configuration and step budget, keep each trained method at the learning rate whose
+    validation loss (the kept checkpoint's, mean over seeds) is lowest; test scores play no part.
+
+    Returns the rows at the chosen rates (the base model's rows, which train nothing, once per run
+    configuration and seed) and the candidates: every (configuration, method, learning rate) with
+    its mean validation loss, its seeds and whether it was chosen. A configuration run at a single
+    rate keeps it, validation loss or not; several rates without validation losses cannot be chosen
+    between, and raise.
+    """
+    base = rows[rows["method"] == "base"].drop_duplicates([*GROUP_KEYS, "seed"])
+    trained = rows[rows["method"] != "base"]
+    if trained.empty:
+        return base.reset_index(drop=True), pd.DataFrame(columns=[*GROUP_KEYS, "method", "learning_rate", "valid_loss", "seeds", "chosen"])
+    if "valid_loss" not in trained:
+        trained = trained.assign(valid_loss=float("nan"))
+    candidates = trained.groupby([*GROUP_KEYS, "method", "learning_rate"], sort=True, dropna=False).agg(
+        valid_loss=("valid_loss", "mean"), seeds=("seed", "nunique")).reset_index()
+    chosen = []
+    for key, options in candidates.groupby([*GROUP_KEYS, "method"], sort=False, dropna=False):
+        if len(options) == 1:
+            chosen.append(options.index[0])
+        elif options["valid_loss"].isna().any():
+            raise ValueError(f"{dict(zip([*GROUP_KEYS, 'method'], key, strict=True))} ran at learning rates "
+                             f"{sorted(options['learning_rate'])}, not all with a validation loss in metrics.json: "
+                             "rerun them with this code's report stage, or collect them apart")
+        else:
+            chosen.append(options["valid_loss"].idxmin())
+    candidates["chosen"] = candidates.index.isin(chosen)
+    keep = candidates.loc[candidates["chosen"], [*GROUP_KEYS, "method", "learning_rate"]]
+    selected = trained.merge(keep, on=[*GROUP_KEYS, "method", "learning_rate"])
+    return pd.concat([base, selected], ignore_index=True), candidates
 
 
 def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -144,21 +181,48 @@ def run_significance(rows: pd.DataFrame, metric: str, references: tuple[str, ...
 def budget_curve(rows: pd.DataFrame, metric: str, strategy: str = "cosine") -> pd.DataFrame:
     """NeFT and matched LoRA quality per budget (cosine masks only), averaged over seeds."""
     summary = seed_summary(rows[rows["strategy"] == strategy], metric)
-    return summary[summary["method"].isin(["neft", "lora"])].sort_values(["task", "score_form", "method", "ratio"]).reset_index(drop=True)
+    curve = summary[summary["method"].isin(["neft", "lora"])]
+    return curve.sort_values(["task", "score_form", "steps", "method", "ratio"]).reset_index(drop=True)
 
 
 def controls_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """NeFT under each mask strategy at each budget: rows (task, ratio), columns strategy."""
     neft = seed_summary(rows[rows["method"] == "neft"], metric)
     neft["value"] = neft.apply(lambda row: f"{row['mean']:.2f} +/- {row['std']:.2f} (n={row['seeds']})", axis=1)
-    table = neft.pivot_table(index=["task", "score_form", "ratio"], columns="strategy", values="value", aggfunc="first")
+    table = neft.pivot_table(index=["task", "score_form", "steps", "ratio"], columns="strategy", values="value", aggfunc="first")
     return table.fillna("-").reset_index()  # "-": that strategy was not run at that budget
+
+
+def learning_curve(selected: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every method's quality per step budget (rows from `select_learning_rates`), mean over seeds,
+    with the chosen learning rate."""
+    summary = seed_summary(selected, metric)
+    rates = selected.groupby([*GROUP_KEYS, "method"], dropna=False)["learning_rate"].first().reset_index()
+    curve = summary.merge(rates, on=[*GROUP_KEYS, "method"], how="left")
+    return curve.sort_values(["task", "model", "ratio", "strategy", "method", "steps"]).reset_index(drop=True)
+
+
+def plot_learning_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None:
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for (task, model, ratio, strategy, method), part in curve.groupby(["task", "model", "ratio", "strategy", "method"]):
+        label = method if method in ("base", "full") else f"{method} {100 * ratio:g} %"
+        if strategy != "cosine":
+            label += f" ({strategy} mask)"
+        axis.errorbar(part["steps"], part["mean"], yerr=part["std"], marker="o", capsize=3, label=f"{label}, {model} on {task}")
+    axis.set_xlabel("training steps (each method at its learning rate chosen on validation loss)")
+    axis.set_ylabel(metric)
+    axis.set_title("Quality vs training steps")
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=120)
+    plt.close(figure)
 
 
 def plot_budget_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
-    for (task, score_form, method), part in curve.groupby(["task", "score_form", "method"]):
-        label = f"{method} ({task})" if method == "lora" else f"{method} ({task}, {score_form} scores)"
+    for (task, score_form, steps, method), part in curve.groupby(["task", "score_form", "steps", "method"]):
+        label = f"{method} ({task}" if method == "lora" else f"{method} ({task}, {score_form} scores"
+        label += f", {steps} steps)"
         axis.errorbar(part["trainable_percent"], part["mean"], yerr=part["std"], marker="o", capsize=3, label=label)
     axis.set_xlabel("trainable parameters (% of model)")
     axis.set_ylabel(metric)

@@ -33,6 +33,8 @@ def method_rows(metrics_reported: tuple[str, ...], evals: dict[str, dict[str, An
         trainable = trained.get("trainable_parameters", 0)
         row = {"method": method, "trainable_parameters": trainable, "trainable_percent": 100 * trainable / total_parameters}
         row.update({name: metrics[name] for name in metrics_reported})
+        # The kept checkpoint's validation loss: what chooses a learning rate (neft.experiments), never a test score.
+        row["valid_loss"] = trained.get("best_valid_loss")
         row.update({column: trained.get(column) for column in COST_COLUMNS})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -50,8 +52,9 @@ def significance_table(kind: str, predictions: dict[str, pd.DataFrame], options:
 def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_reported: tuple[str, ...],
                      significance: pd.DataFrame) -> dict[str, Any]:
     """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu,
-    neft.bleu_ci95 (half-width of the bootstrap 95 % interval) and significance.neft_vs_lora.bleu_p."""
-    keep = ("trainable_percent", *metrics_reported)
+    neft.bleu_ci95 (half-width of the bootstrap 95 % interval), neft.valid_loss and
+    significance.neft_vs_lora.bleu_p."""
+    keep = ("trainable_percent", *metrics_reported, "valid_loss")
     document: dict[str, Any] = {
         row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
     }

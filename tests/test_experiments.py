@@ -7,15 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from neft.experiments import budget_curve, controls_table, experiment_rows, paired_differences, run_significance, seed_summary
+from neft.experiments import (
+    budget_curve,
+    controls_table,
+    experiment_rows,
+    learning_curve,
+    paired_differences,
+    run_significance,
+    seed_summary,
+    select_learning_rates,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def revision(name, ratio, seed, strategy, neft_bleu, lora_bleu):
+def revision(name, ratio, seed, strategy, neft_bleu, lora_bleu, steps=60, learning_rate=5e-4, valid_loss=None):
     params = {
         "ratio": ratio, "seed": seed, "mask": {"strategy": strategy},
-        "task": {"name": "bible", "kind": "translation"}, "model": {"name": "m"},
+        "task": {"name": "bible", "kind": "translation"}, "model": {"name": "m"}, "train": {"steps": steps},
+        "methods": {"full": {"learning_rate": learning_rate / 10}, "neft": {"learning_rate": learning_rate},
+                    "lora": {"learning_rate": learning_rate}},
     }
     metrics = {
         "base": {"trainable_percent": 0.0, "bleu": 1.0},
@@ -23,6 +34,8 @@ def revision(name, ratio, seed, strategy, neft_bleu, lora_bleu):
         "lora": {"trainable_percent": 100 * ratio + 0.1, "bleu": lora_bleu},
         "significance": {"neft_vs_lora": {"bleu_difference": neft_bleu - lora_bleu, "bleu_p": 0.01 * seed + 0.02}},
     }
+    for method, loss in (valid_loss or {}).items():
+        metrics[method]["valid_loss"] = loss
     data = {"params": {"params.yaml": {"data": params}}, "metrics": {"reports/metrics.json": {"data": metrics}}}
     return {"rev": name, "name": name, "data": data}
 
@@ -100,6 +113,46 @@ def test_controls_put_strategies_side_by_side():
     assert row["random"].startswith("5.00") and row["reversed"].startswith("4.00")
 
 
+def learning_rate_sweep():
+    """Two step budgets; at 120 steps, three learning rates whose validation losses disagree with
+    their test scores (the rate with the best BLEU has the worst validation loss)."""
+    baseline = revision("main", 0.06, 0, "cosine", 10.0, 8.0, valid_loss={"neft": 2.0, "lora": 2.1})
+    runs = [
+        ("lr-low", 1e-4, 11.0, 9.0, {"neft": 1.9, "lora": 2.2}),
+        ("lr-mid", 5e-4, 13.0, 12.0, {"neft": 1.7, "lora": 2.3}),
+        ("lr-high", 1e-3, 15.0, 10.0, {"neft": 2.5, "lora": 1.8}),
+    ]
+    baseline["experiments"] = [{"revs": [revision(name, 0.06, 0, "cosine", neft, lora, steps=120, learning_rate=rate, valid_loss=losses)]}
+                               for name, rate, neft, lora, losses in runs]
+    return [baseline]
+
+
+def test_learning_rates_are_chosen_per_budget_and_method_on_validation_loss_not_test_score():
+    selected, candidates = select_learning_rates(experiment_rows(learning_rate_sweep()))
+    at_120 = selected[selected["steps"] == 120].set_index("method")
+    assert at_120.loc["neft", "learning_rate"] == 5e-4 and at_120.loc["neft", "bleu"] == 13.0  # not 1e-3's 15.0
+    assert at_120.loc["lora", "learning_rate"] == 1e-3 and at_120.loc["lora", "bleu"] == 10.0  # not 5e-4's 12.0
+    assert at_120.loc["base", "bleu"] == 1.0 and (selected["method"] == "base").sum() == 2  # once per budget
+    assert selected[selected["steps"] == 60].set_index("method").loc["neft", "bleu"] == 10.0  # one rate: kept
+    neft_at_120 = candidates[(candidates["steps"] == 120) & (candidates["method"] == "neft")]
+    assert list(neft_at_120["learning_rate"]) == [1e-4, 5e-4, 1e-3] and list(neft_at_120["chosen"]) == [False, True, False]
+
+
+def test_the_learning_curve_gives_each_method_per_step_budget_at_its_chosen_rate():
+    selected, _ = select_learning_rates(experiment_rows(learning_rate_sweep()))
+    curve = learning_curve(selected, "bleu").set_index(["method", "steps"])
+    assert curve.loc[("neft", 60), "mean"] == 10.0 and curve.loc[("neft", 120), "mean"] == 13.0
+    assert curve.loc[("lora", 120), "learning_rate"] == 1e-3 and curve.loc[("neft", 120), "learning_rate"] == 5e-4
+    assert curve.loc[("base", 120), "mean"] == 1.0
+
+
+def test_several_learning_rates_without_validation_losses_cannot_be_chosen_between():
+    runs = learning_rate_sweep()
+    del runs[0]["experiments"][1]["revs"][0]["data"]["metrics"]["reports/metrics.json"]["data"]["neft"]["valid_loss"]
+    with pytest.raises(ValueError, match=r"'method': 'neft'.*learning rates \[0.0001, 0.0005, 0.001\]"):
+        select_learning_rates(experiment_rows(runs))
+
+
 def test_collect_script_writes_summary_and_plot(tmp_path):
     (tmp_path / "exp.json").write_text(json.dumps(exp_show()))
     command = [sys.executable, str(ROOT / "scripts/collect_experiments.py"), "--input", str(tmp_path / "exp.json"),
@@ -107,3 +160,5 @@ def test_collect_script_writes_summary_and_plot(tmp_path):
     subprocess.run(command, check=True, capture_output=True)
     assert "Budget curve" in (tmp_path / "out" / "summary.md").read_text()
     assert (tmp_path / "out" / "budget_curve_translation_bleu.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "learning_curve_translation_bleu.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "learning_rates_translation.csv").is_file()

@@ -151,6 +151,10 @@ def test_report_writes_the_table_significance_and_metrics(workspace):
     for method in ("base", "full", "neft", "lora"):  # each method's score with its 95 % interval
         assert document[method]["bleu_ci95"] >= 0 and document[method]["chrf_ci95"] >= 0
     assert set(significance[significance["metric"] == "bleu"]["system_ci95"].round(4)) == {document["neft"]["bleu_ci95"]}
+    for method in ("full", "neft", "lora"):  # what chooses a learning rate: the kept checkpoint's validation loss
+        summary = json.loads((Path("reports/train") / method / "summary.json").read_text())
+        assert document[method]["valid_loss"] == round(summary["best_valid_loss"], 4)
+    assert "valid_loss" not in document["base"]
     rerun_gives_the_same_bytes(["reports/metrics.json"], lambda: report(workspace))
 
 
