@@ -104,8 +104,6 @@ def select_learning_rates(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     """
     base = rows[rows["method"] == "base"].drop_duplicates([*GROUP_KEYS, "seed"])
     trained = rows[rows["method"] != "base"]
-    if trained.empty:
-        return base.reset_index(drop=True), pd.DataFrame(columns=[*GROUP_KEYS, "method", "learning_rate", "valid_loss", "seeds", "chosen"])
     if "valid_loss" not in trained:
         trained = trained.assign(valid_loss=float("nan"))
     candidates = trained.groupby([*GROUP_KEYS, "method", "learning_rate"], sort=True, dropna=False).agg(
