@@ -219,8 +219,8 @@ def plot_learning_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None
 def plot_budget_curve(curve: pd.DataFrame, metric: str, out_path: str) -> None:
     figure, axis = plt.subplots(figsize=(6, 4))
     for (task, score_form, steps, method), part in curve.groupby(["task", "score_form", "steps", "method"]):
-        label = f"{method} ({task}" if method == "lora" else f"{method} ({task}, {score_form} scores"
-        label += f", {steps} steps)"
+        scores = "" if method == "lora" else f", {score_form} scores"  # LoRA reads no scores
+        label = f"{method} ({task}{scores}, {steps} steps)"
         axis.errorbar(part["trainable_percent"], part["mean"], yerr=part["std"], marker="o", capsize=3, label=label)
     axis.set_xlabel("trainable parameters (% of model)")
     axis.set_ylabel(metric)
