@@ -38,6 +38,19 @@ class RunOutputs:
     costs: dict[str, Any] = field(default_factory=dict)  # what its probe cost: kind, steps, seconds, peak memory
 
 
+def probe_costs(params: dict[str, Any], probe: dict[str, Any], lora: dict[str, Any], budget: int) -> dict[str, Any]:
+    """What a run's probe cost, and its peak against the run's matched LoRA (`probe`, `lora`: their
+    training summaries, {} if absent; `budget`: the run's NeFT trainable-parameter count). The LoRA
+    counts only if it was trained for this run's budget, seed and steps: an experiment that did not
+    train LoRA still holds the summary its baseline commit had, made for another mask or model."""
+    matched = (lora.get("neft_budget"), lora.get("seed"), lora.get("steps")) == (budget, params["seed"], params["train"]["steps"])
+    lora_peak = lora["peak_memory_mb"] if matched else None
+    return {"probe_kind": params["probe"].get("kind", "full"), "probe_steps": params["probe"]["steps"],
+            "probe_seconds": probe.get("train_seconds"), "probe_peak_mb": probe.get("peak_memory_mb"),
+            "lora_train_peak_mb": lora_peak,
+            "probe_peak_vs_lora": round(probe["peak_memory_mb"] / lora_peak, 3) if probe and lora_peak else None}
+
+
 def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
     """Per pair: mask overlap, and for each side its resolution (distinct changes, ties at the cutoff)."""
     rows = []

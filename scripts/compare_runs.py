@@ -32,7 +32,16 @@ import pandas as pd
 import yaml
 
 from mask_overlap import experiment_commits
-from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, plot_layer_distribution, quality_table
+from neft.artifacts import BUDGET_FILE
+from neft.comparison import (
+    RunOutputs,
+    difference_summary,
+    layer_distribution,
+    mask_table,
+    plot_layer_distribution,
+    probe_costs,
+    quality_table,
+)
 from neft.config import MetricOptions
 from neft.masks import mask_from_json
 
@@ -47,6 +56,10 @@ def read_summary(path: str, revision: str) -> dict:
         return json.loads(read_text(path, revision))
     except FileNotFoundError:  # a run that did not train it
         return {}
+
+
+def read_budget_at(revision: str) -> int:
+    return json.loads(read_text(str(BUDGET_FILE), revision))["trainable_parameters"]
 
 
 def load_run(name: str, commits: dict[str, str], with_predictions: bool, method: str = "neft") -> RunOutputs:
@@ -64,10 +77,7 @@ def load_run(name: str, commits: dict[str, str], with_predictions: bool, method:
         mask_summary=json.loads(read_text("artifacts/mask/summary.json", revision)),
         score_summary=json.loads(read_text("artifacts/scores/summary.json", revision)),
         predictions=predictions,
-        costs={"probe_kind": params["probe"].get("kind", "full"), "probe_steps": params["probe"]["steps"],
-               "probe_seconds": probe.get("train_seconds"), "probe_peak_mb": probe.get("peak_memory_mb"),
-               "lora_train_peak_mb": lora.get("peak_memory_mb"),
-               "probe_peak_vs_lora": round(probe["peak_memory_mb"] / lora["peak_memory_mb"], 3) if probe and lora else None},
+        costs=probe_costs(params, probe, lora, read_budget_at(revision)),
     )
 
 

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, quality_table
+from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, probe_costs, quality_table
 from neft.masks import ModelShape, NeuronMask
 
 SHAPE = ModelShape(num_layers=3, d_model=4, d_ff=8, total_parameters=1000)
@@ -46,3 +46,15 @@ def test_runs_on_different_segments_are_not_a_pair():
     system.predictions["id"] = system.predictions["id"] + 100
     with pytest.raises(ValueError, match="different test segments"):
         quality_table("translation", [(baseline, system)])
+
+
+def test_probe_peak_is_set_only_against_the_lora_matched_to_this_run():
+    params = {"seed": 1, "probe": {"kind": "gradient", "steps": 40}, "train": {"steps": 150}}
+    probe = {"train_seconds": 56.0, "peak_memory_mb": 4740.0}
+    matched = {"neft_budget": 9000, "seed": 1, "steps": 150, "peak_memory_mb": 5925.0}
+    assert probe_costs(params, probe, matched, budget=9000)["probe_peak_vs_lora"] == pytest.approx(0.8)
+    # What an experiment that skipped LoRA holds: its baseline commit's summary, made for another run.
+    for stale in ({**matched, "neft_budget": 8000}, {**matched, "seed": 0}, {**matched, "steps": 60}, {}):
+        costs = probe_costs(params, probe, stale, budget=9000)
+        assert (costs["lora_train_peak_mb"], costs["probe_peak_vs_lora"]) == (None, None)
+        assert costs["probe_peak_mb"] == 4740.0
