@@ -9,6 +9,8 @@ Input is `dvc exp show --json`; every function below works on plain data and is 
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +55,29 @@ def _file_data(section: dict[str, Any] | None, suffix: str) -> dict[str, Any]:
 CONFIG_KEYS = (*GROUP_KEYS, "seed", "method", "learning_rate")
 
 
+def made_for_other_params(params: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """Where a run's metrics.json says it was made with other settings than the run's params.
+
+    An experiment that stopped before the report stage (`dvc exp run ... evaluate@neft`) keeps the
+    metrics.json of the workspace it started from: another learning rate, seed or mask. Reports from
+    before these fields were recorded cannot be checked and pass.
+    """
+    expected = {("mask", "ratio"): params["ratio"], ("mask", "strategy"): params["mask"]["strategy"]}
+    for method, settings in params["methods"].items():
+        expected |= {(method, "learning_rate"): settings["learning_rate"], (method, "steps"): params["train"]["steps"],
+                     (method, "seed"): params["seed"]}
+    found = []
+    for (section, key), wanted in expected.items():
+        recorded = (metrics.get(section) or {}).get(key)
+        if recorded is None:
+            continue
+        same = math.isclose(recorded, wanted, rel_tol=1e-9) if isinstance(wanted, float) else recorded == wanted
+        if not same:
+            found.append(f"{section}.{key} = {recorded!r}, params say {wanted!r}")
+    return found
+
+
+
 def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
     """One row per (experiment, method): its parameters that matter and its metrics.
 
@@ -66,6 +91,10 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
         params = _file_data(data.get("params"), "params.yaml")
         metrics = _file_data(data.get("metrics"), "metrics.json")
         if not params or not metrics:
+            continue
+        if mismatches := made_for_other_params(params, metrics):
+            warnings.warn(f"left out {name}: its reports/metrics.json was made for other settings ({'; '.join(mismatches)}); "
+                          "the run stopped before its report stage, so rerun it through `report`", stacklevel=2)
             continue
         for method in METHODS:
             if method not in metrics:

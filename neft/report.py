@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from neft.config import Config
 
 COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "peak_memory_mb", "lora_rank")
+# What each trained method ran with, in metrics.json: the experiment collector checks it against the
+# experiment's params, since a run that stopped before the report keeps its baseline's metrics.json.
+MADE_WITH = ("learning_rate", "steps", "seed")
 # (system, baseline): NeFT against each baseline on the same test segments.
 COMPARISONS = (("neft", "lora"), ("neft", "full"), ("neft", "base"))
 
@@ -35,7 +38,7 @@ def method_rows(metrics_reported: tuple[str, ...], evals: dict[str, dict[str, An
         row.update({name: metrics[name] for name in metrics_reported})
         # The kept checkpoint's validation loss: what chooses a learning rate (neft.experiments), never a test score.
         row["valid_loss"] = trained.get("best_valid_loss")
-        row.update({column: trained.get(column) for column in COST_COLUMNS})
+        row.update({column: trained.get(column) for column in (*COST_COLUMNS, "seed")})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -52,14 +55,17 @@ def significance_table(kind: str, predictions: dict[str, pd.DataFrame], options:
 def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_reported: tuple[str, ...],
                      significance: pd.DataFrame) -> dict[str, Any]:
     """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu,
-    neft.bleu_ci95 (half-width of the bootstrap 95 % interval), neft.valid_loss and
-    significance.neft_vs_lora.bleu_p."""
-    keep = ("trainable_percent", *metrics_reported, "valid_loss")
+    neft.bleu_ci95 (half-width of the bootstrap 95 % interval), neft.valid_loss,
+    significance.neft_vs_lora.bleu_p, and what each method and the mask were made with (neft.learning_rate,
+    neft.steps, neft.seed, mask.ratio, mask.strategy)."""
+    keep = ("trainable_percent", *metrics_reported, "valid_loss", *MADE_WITH)
     document: dict[str, Any] = {
-        row["method"]: {name: _plain(row[name]) for name in keep if pd.notna(row[name])} for row in table.to_dict("records")
+        row["method"]: {name: _made_with(name, row[name]) if name in MADE_WITH else _plain(row[name])
+                        for name in keep if pd.notna(row[name])}
+        for row in table.to_dict("records")
     }
     # The ties say whether the scores resolved the ranking (issue 9): 1 tied, 0 by tie-break when they do.
-    mask_keys = ("ratio", "num_neurons", "trainable_percent", "tied_at_cutoff", "decided_by_tiebreak")
+    mask_keys = ("ratio", "strategy", "num_neurons", "trainable_percent", "tied_at_cutoff", "decided_by_tiebreak")
     document["mask"] = {name: mask_summary[name] for name in mask_keys}
     document["significance"] = {}
     for row in significance.to_dict("records"):
@@ -81,6 +87,11 @@ def cost_document(table: pd.DataFrame) -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return round(float(value), 4) if isinstance(value, float) else value
+
+
+def _made_with(name: str, value: Any) -> float | int:
+    """Unrounded: a learning rate such as 5e-05 must survive to be compared with the params."""
+    return float(value) if name == "learning_rate" else int(value)
 
 
 def markdown_report(table: pd.DataFrame, config: Config, signatures: dict[str, str], mask_summary: dict[str, Any],

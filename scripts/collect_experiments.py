@@ -13,6 +13,8 @@ Without --input it runs `dvc exp show --json --all-commits` itself: experiments 
 earlier commits count too, and a configuration run in several commits counts once (the newest).
 Where a configuration ran at several learning rates, each method keeps the one with the lowest
 validation loss (learning_rates_<kind>.csv lists the candidates), and every table uses those.
+An experiment whose reports/metrics.json was made for other settings (it stopped before its report
+stage) is left out with a warning (neft.experiments.made_for_other_params).
 Writes summary.md and, per task kind and metric, budget_curve_<kind>_<metric>.csv/.png,
 learning_curve_<kind>_<metric>.csv/.png, controls_<kind>_<metric>.csv, seeds_<kind>_<metric>.csv
 and differences_<kind>_<metric>.csv under --out, plus exp_show.json (the input) when it ran dvc itself.

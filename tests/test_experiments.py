@@ -69,6 +69,33 @@ def test_rows_cover_every_finished_experiment_and_method_but_not_the_workspace()
     assert set(with_workspace["experiment"]) == {"workspace", "exp-a", "exp-b", "exp-c", "exp-d"}  # it is listed first
 
 
+def test_an_experiment_whose_metrics_were_made_for_other_settings_is_left_out():
+    """`dvc exp run -S methods.neft.learning_rate=1e-3 evaluate@neft` stops before the report, so its
+    metrics.json is the one it started from: its rows would put 5e-4's scores under 1e-3."""
+    def recorded(name, learning_rate, made_with_learning_rate, seed=0, made_with_seed=0, strategy="cosine"):
+        entry = revision(name, 0.06, seed, strategy, 10.0, 8.0, learning_rate=learning_rate)
+        metrics = entry["data"]["metrics"]["reports/metrics.json"]["data"]
+        for method in ("neft", "lora"):
+            metrics[method] |= {"learning_rate": made_with_learning_rate, "steps": 60, "seed": made_with_seed}
+        metrics["mask"] = {"ratio": 0.06, "strategy": "cosine"}
+        return entry
+
+    baseline = recorded("main", 5e-4, 5e-4)
+    baseline["experiments"] = [{"revs": [recorded("own-report", 2e-3, 2e-3)]},
+                               {"revs": [recorded("stopped-early", 1e-3, 5e-4)]},
+                               {"revs": [recorded("other-seed", 5e-4, 5e-4, seed=1, made_with_seed=0)]},
+                               {"revs": [recorded("other-mask", 5e-4, 5e-4, strategy="random")]}]
+    with pytest.warns(UserWarning) as caught:
+        rows = experiment_rows([baseline])
+    assert set(rows["experiment"]) == {"main", "own-report"}
+    messages = sorted(str(warning.message) for warning in caught)
+    assert len(messages) == 3
+    assert "left out other-mask" in messages[0] and "mask.strategy = 'cosine', params say 'random'" in messages[0]
+    assert "left out other-seed" in messages[1] and "neft.seed = 0, params say 1" in messages[1]
+    assert "left out stopped-early" in messages[2] and "neft.learning_rate = 0.0005, params say 0.001" in messages[2]
+    assert "through `report`" in messages[2]
+
+
 def test_seed_summary_gives_mean_and_sample_std():
     summary = seed_summary(experiment_rows(exp_show()), "bleu")
     neft = summary[(summary["method"] == "neft") & (summary["ratio"] == 0.06) & (summary["strategy"] == "cosine")].iloc[0]

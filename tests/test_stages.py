@@ -154,7 +154,11 @@ def test_report_writes_the_table_significance_and_metrics(workspace):
     for method in ("full", "neft", "lora"):  # what chooses a learning rate: the kept checkpoint's validation loss
         summary = json.loads((Path("reports/train") / method / "summary.json").read_text())
         assert document[method]["valid_loss"] == round(summary["best_valid_loss"], 4)
-    assert "valid_loss" not in document["base"]
+        # what it was made with, unrounded, for the collector to check against the experiment's params
+        assert (document[method]["learning_rate"], document[method]["steps"], document[method]["seed"]) == (
+            getattr(workspace.methods, method).learning_rate, workspace.train.steps, workspace.seed)
+    assert "valid_loss" not in document["base"] and "learning_rate" not in document["base"]
+    assert (document["mask"]["ratio"], document["mask"]["strategy"]) == (workspace.ratio, workspace.mask.strategy)
     rerun_gives_the_same_bytes(["reports/metrics.json"], lambda: report(workspace))
 
 
