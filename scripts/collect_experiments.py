@@ -7,7 +7,7 @@ Usage:
     dvc exp run --queue -S 'seed=1,2'                      # seeds (the whole pipeline per seed)
     dvc exp run --queue -S train.steps=120 -S methods.full.learning_rate=1e-4 ...   # the learning curve (README)
     dvc queue start                                        # or: dvc exp run --run-all (waits)
-    python scripts/collect_experiments.py [--input exp_show.json] [--out reports/experiments]
+    python scripts/collect_experiments.py [--input exp_show.json] [--out reports/experiments] [--experiments 'zh11-*' ...]
 
 Without --input it runs `dvc exp show --json --all-commits` itself: experiments queued from
 earlier commits count too, and a configuration run in several commits counts once (the newest).
@@ -21,6 +21,7 @@ and differences_<kind>_<metric>.csv under --out, plus exp_show.json (the input) 
 """
 
 import argparse
+import fnmatch
 import json
 import subprocess
 import sys
@@ -47,10 +48,16 @@ def main() -> None:
     parser.add_argument("--input", type=Path, help="saved output of `dvc exp show --json` (default: run it)")
     parser.add_argument("--out", type=Path, default=Path("reports/experiments"))
     parser.add_argument("--include-workspace", action="store_true")
+    parser.add_argument("--experiments", nargs="+", metavar="PATTERN",
+                        help="keep only the experiments whose names match one of these shell patterns, e.g. 'zh11-*'")
     args = parser.parse_args()
     text = args.input.read_text() if args.input else subprocess.run(
         ["dvc", "exp", "show", "--json", "--all-commits"], check=True, capture_output=True, text=True).stdout
     rows = experiment_rows(json.loads(text), args.include_workspace)
+    if args.experiments and not rows.empty:
+        rows = rows[rows["experiment"].map(lambda name: any(fnmatch.fnmatchcase(name, pattern) for pattern in args.experiments))]
+        if rows.empty:
+            sys.exit(f"no experiment matches --experiments {' '.join(args.experiments)}")
     if rows.empty:
         sys.exit("no experiment with params and reports/metrics.json found: run some with `dvc exp run` first")
     args.out.mkdir(parents=True, exist_ok=True)

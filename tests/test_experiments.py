@@ -189,3 +189,14 @@ def test_collect_script_writes_summary_and_plot(tmp_path):
     assert (tmp_path / "out" / "budget_curve_translation_bleu.png").stat().st_size > 1000
     assert (tmp_path / "out" / "learning_curve_translation_bleu.png").stat().st_size > 1000
     assert (tmp_path / "out" / "learning_rates_translation.csv").is_file()
+
+
+def test_collect_script_keeps_the_experiments_asked_for(tmp_path):
+    (tmp_path / "exp.json").write_text(json.dumps(exp_show()))
+    command = [sys.executable, str(ROOT / "scripts/collect_experiments.py"), "--input", str(tmp_path / "exp.json"),
+               "--out", str(tmp_path / "out"), "--experiments", "exp-[cd]", "main"]
+    subprocess.run(command, check=True, capture_output=True)
+    assert "3 experiments" in (tmp_path / "out" / "summary.md").read_text()
+    command[-2:] = ["nothing-*"]
+    failed = subprocess.run(command, capture_output=True, text=True)
+    assert failed.returncode == 1 and "no experiment matches --experiments nothing-*" in failed.stderr
