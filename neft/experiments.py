@@ -77,7 +77,6 @@ def made_for_other_params(params: dict[str, Any], metrics: dict[str, Any]) -> li
     return found
 
 
-
 def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
     """One row per (experiment, method): its parameters that matter and its metrics.
 
