@@ -85,13 +85,23 @@ ONE_PROCESS = Ranks()
 @contextlib.contextmanager
 def process_group(ranks: Ranks, device: torch.device) -> Iterator[None]:
     """Join the job's process group (gloo on CPU, NCCL on CUDA) for the block; nothing with one
-    process, or where the caller already joined one (and will leave it)."""
+    process, or where the caller already joined one (and will leave it).
+
+    A block that ends normally waits at a barrier first. FSDP2 keeps gloo's worker threads alive
+    past `destroy_process_group`, and a worker destroys a finished all-gather's work, dropping its
+    Python-owned tensors, just after the rank that waited on it moves on. A rank that went straight
+    to interpreter shutdown was now and then aborted there ("terminate called without an active
+    exception": the worker's decref waits for the GIL during finalization, as a core dump showed; 2
+    of about 190 launches of the FSDP test script under load). The barrier runs after all earlier
+    work and takes a round trip to the other ranks: time for the worker to drop what it held. After
+    an error there is no barrier: the other ranks may never reach it."""
     if not ranks.distributed or dist.is_initialized():
         yield
         return
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=ranks.rank, world_size=ranks.world_size)
     try:
         yield
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -149,8 +149,9 @@ def command_environment(cwd: Path, **env: str) -> dict[str, str]:
     """A command's environment: offline, this Python's tools first on PATH."""
     inherited = {name: value for name, value in os.environ.items() if name != "GITHUB_STEP_SUMMARY"}
     # PYTHONPATH: a script run in `cwd` imports that project's `neft`, not the editable install's.
+    # PYTHONFAULTHANDLER: a process that aborts (a torchrun rank, SIGABRT) prints every thread's Python stack.
     return {**inherited, **OFFLINE_ENVIRONMENT, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-            "PYTHONPATH": str(cwd), **env}
+            "PYTHONPATH": str(cwd), "PYTHONFAULTHANDLER": "1", **env}
 
 
 def run(command: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:

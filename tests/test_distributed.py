@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from neft.artifacts import eval_dir, train_log_dir, weights_dir
 from neft.config import ConfigError, compose_params, parse_config
-from neft.distributed import Ranks
+from neft.distributed import Ranks, process_group
 from stages.evaluate import evaluate
 from stages.train import train
 
@@ -45,21 +45,21 @@ SHARDED_CASES = ("full", "neft", "lora")  # the gradient probe saves gradients, 
 CASES_UNDER_TORCHRUN = """
 import json, shutil, sys
 from pathlib import Path
-import torch.distributed as dist
+import torch
 from neft.config import compose_params, parse_config
-from neft.distributed import Ranks
+from neft.distributed import Ranks, process_group
 from stages.evaluate import evaluate
 from stages.train import train
 cases, tiny, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3])
-dist.init_process_group("gloo")  # once for all cases: the stage functions join it rather than their own
-for case, (name, overrides) in cases.items():
-    config = parse_config(compose_params([*tiny, "runtime.processes=2", *overrides]))
-    evaluate("neft", config) if name == "evaluate" else train(name, config)
-    if Ranks.from_environment().is_main:
-        weights = "artifacts/probe" if name == "probe" else f"artifacts/train/{name}"
-        for written in ["reports/eval/neft"] if name == "evaluate" else [f"reports/train/{name}", weights]:
-            shutil.copytree(written, out / case / written)
-dist.destroy_process_group()
+ranks = Ranks.from_environment()
+with process_group(ranks, torch.device("cpu")):  # once for all cases: the stage functions join it rather than their own
+    for case, (name, overrides) in cases.items():
+        config = parse_config(compose_params([*tiny, "runtime.processes=2", *overrides]))
+        evaluate("neft", config) if name == "evaluate" else train(name, config)
+        if ranks.is_main:
+            weights = "artifacts/probe" if name == "probe" else f"artifacts/train/{name}"
+            for written in ["reports/eval/neft"] if name == "evaluate" else [f"reports/train/{name}", weights]:
+                shutil.copytree(written, out / case / written)
 """
 
 
@@ -218,3 +218,25 @@ def test_a_batch_that_the_processes_cannot_share_equally_is_refused():
 def test_the_gradient_probe_under_fsdp_is_refused():
     with pytest.raises(ConfigError, match="probe.kind = 'gradient' with runtime.strategy = 'fsdp'"):
         parse_config(compose_params([*TINY, "runtime.processes=2", "runtime.strategy=fsdp", "probe.kind=gradient"]))
+
+
+@pytest.fixture
+def group_calls(monkeypatch) -> list[str]:
+    """The process-group calls `process_group` makes, recorded instead of made."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    for name in ("init_process_group", "barrier", "destroy_process_group"):
+        monkeypatch.setattr(torch.distributed, name, lambda *args, name=name, **kwargs: calls.append(name))
+    return calls
+
+
+def test_a_rank_leaves_the_group_after_a_barrier_so_none_races_to_shutdown(group_calls):
+    with process_group(Ranks(1, 2, 1), torch.device("cpu")):
+        group_calls.append("work")
+    assert group_calls == ["init_process_group", "work", "barrier", "destroy_process_group"]
+
+
+def test_a_failing_rank_leaves_the_group_without_waiting_for_the_others(group_calls):
+    with pytest.raises(RuntimeError, match="boom"), process_group(Ranks(1, 2, 1), torch.device("cpu")):
+        raise RuntimeError("boom")
+    assert group_calls == ["init_process_group", "destroy_process_group"]

@@ -97,27 +97,26 @@ def test_planned_activations_are_within_20_percent_of_the_measured_peak(shape, s
 
 FSDP_RANK_ZERO = """
 import json, sys
-import torch, torch.distributed as dist
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM
-from neft.distributed import Ranks, wrap_for_training
+from neft.distributed import Ranks, process_group, wrap_for_training
 from neft.measure import gradient_bytes, optimizer_state_bytes, tensor_bytes
 from neft.memory_plan import MethodSpec, calibration_batch, set_up
 from neft.training import causal_lm_loss
 fields, setups, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-dist.init_process_group("gloo")
 ranks, measured = Ranks.from_environment(), {}
-for setup in setups:
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **fields))
-    model, parameters = set_up(model, MethodSpec(setup, ratio=0.06))
-    model, parameters = wrap_for_training(model, parameters, ranks, torch.device("cpu"), "fsdp")
-    causal_lm_loss(model, calibration_batch(2, 16, 8, fields["vocab_size"]), None).backward()
-    optimizer = torch.optim.AdamW(parameters, lr=1e-3)
-    optimizer.step()
-    measured[setup] = [tensor_bytes(model.parameters()), gradient_bytes(parameters), optimizer_state_bytes(optimizer)]
-if ranks.is_main:
-    open(out, "w").write(json.dumps(measured))
-dist.destroy_process_group()
+with process_group(ranks, torch.device("cpu")):
+    for setup in setups:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **fields))
+        model, parameters = set_up(model, MethodSpec(setup, ratio=0.06))
+        model, parameters = wrap_for_training(model, parameters, ranks, torch.device("cpu"), "fsdp")
+        causal_lm_loss(model, calibration_batch(2, 16, 8, fields["vocab_size"]), None).backward()
+        optimizer = torch.optim.AdamW(parameters, lr=1e-3)
+        optimizer.step()
+        measured[setup] = [tensor_bytes(model.parameters()), gradient_bytes(parameters), optimizer_state_bytes(optimizer)]
+    if ranks.is_main:
+        open(out, "w").write(json.dumps(measured))
 """
 
 
