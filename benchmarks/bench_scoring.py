@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from bench_training import MB, _resolve_device, device_description
-from neft.measure import MemoryWindow, StepTimer
+from bench_training import MB, _resolve_device
+from neft.measure import MemoryWindow, StepTimer, device_description
 from neft.neurons import resolve_kinds, score_neurons, weight_name
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -203,37 +202,6 @@ def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int, devi
 
 def directory_files(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_size for p in sorted(Path(path).rglob("*")) if p.is_file()}
-
-
-def device_description(device) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {"type": device.type, "platform": platform.platform(), "python": platform.python_version()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(name=props.name, total_memory_mb=round(props.total_memory / MB), cuda=torch.version.cuda)
-    else:
-        name = platform.processor() or "cpu"
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-        except OSError:
-            pass
-        flags = ""
-        try:
-            flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-        except (OSError, StopIteration):
-            pass
-        info.update(
-            name=name,
-            logical_cpus=os.cpu_count(),
-            usable_cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            avx512_bf16="avx512_bf16" in flags.split(),
-            amx_bf16="amx_bf16" in flags.split(),
-        )
-    return info
 
 
 # --- the workers (one subprocess each) ----------------------------------------------------------
@@ -644,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker:
         import torch
+
+        from neft.measure import device_description
 
         result = train_worker(args.worker, args)
         result["device"] = device_description(_resolve_device(args.device))

@@ -7,6 +7,9 @@
   process-lifetime peak, and `MemoryWindow.kind` says so.
 - **Optimizer-state and gradient bytes**: the sizes of the tensors themselves.
 - **Step time**: wall clock with the device synchronised, so queued GPU work is not missed.
+- **The hardware** (`device_description`): bf16 kernels round differently on different CPUs and
+  GPUs, so the same seed gives the same bytes only on the same kind of machine; every training
+  summary says which one computed it.
 - **Peak bytes of the tensors a block creates** (`TensorLifetimes`), exact on any device: every
   storage an op makes inside the block, from its creation to its release. The memory plan fits its
   activation figures to these; an RSS high-water mark would add the C allocator's slack.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import itertools
+import os
+import platform
 import resource
 import time
 import weakref
@@ -33,6 +38,37 @@ from torch.utils._python_dispatch import TorchDispatchMode
 CUDA_PEAK = "cuda max_memory_allocated (training window)"
 CPU_WINDOW_PEAK = "rss high-water mark (training window)"
 CPU_PROCESS_PEAK = "rss high-water mark (whole process: the window reset is unavailable here)"
+
+
+# CPU features that decide which bf16 kernels oneDNN runs (and so how bf16 results round).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx512_fp16")
+
+
+def cpu_description(cpuinfo: str) -> dict[str, Any]:
+    """The CPU model and its bf16-relevant features, from the text of /proc/cpuinfo."""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"name": fields.get("model name") or platform.processor() or "unknown",
+            "bf16_features": [flag for flag in BF16_CPU_FLAGS if flag in flags]}
+
+
+def device_description(device: torch.device) -> dict[str, Any]:
+    """What computed a run: the accelerator or CPU model, the kernels' instruction set, the software."""
+    info: dict[str, Any] = {"type": device.type, "torch": torch.__version__, "platform": platform.platform(),
+                            "python": platform.python_version()}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        info.update(name=properties.name, total_memory_mb=round(properties.total_memory / 2**20), cuda=torch.version.cuda)
+        return info
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        cpuinfo = ""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info.update(cpu_description(cpuinfo), cpu_capability=torch.backends.cpu.get_cpu_capability(), logical_cpus=os.cpu_count(),
+                usable_cpus=usable)
+    return info
 
 
 def tensor_bytes(tensors: Iterable[object]) -> int:

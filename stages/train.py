@@ -26,6 +26,7 @@ from neft.data.records import read_jsonl
 from neft.distributed import Ranks, full_state_dict, process_group, rank_device, relaunched, wrap_for_training
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
+from neft.measure import device_description
 from neft.memory_plan import model_architecture, plan_config, require_fits
 from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
@@ -148,6 +149,7 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
         "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
         "resumed_from_step": result.resumed_from_step,
         "device": str(device),
+        "hardware": device_description(device),
         "processes": ranks.world_size,
         "strategy": config.runtime.strategy if ranks.distributed else "none",
         "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import random_batch
 
-from neft.measure import CPU_WINDOW_PEAK, MemoryWindow, StepTimer
+from neft.measure import CPU_WINDOW_PEAK, MemoryWindow, StepTimer, cpu_description, device_description
 from neft.methods import full_finetuning
 from neft.training import TrainSettings, train
 
@@ -23,6 +23,27 @@ def test_cpu_window_excludes_what_came_before_and_sees_what_happens_inside():
     inside = torch.ones(128 * MB // 4)
     assert window.peak_bytes() >= window.before_bytes + 120 * MB
     del inside
+
+
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx512f avx512_bf16 amx_tile amx_bf16 avx512_vnni
+"""
+
+
+def test_cpu_description_names_the_model_and_the_bf16_features_that_pick_the_kernels():
+    assert cpu_description(CPUINFO) == {"name": "Intel(R) Xeon(R) Platinum 8480+", "bf16_features": ["avx512_bf16", "amx_bf16"]}
+    assert cpu_description(CPUINFO.replace(" avx512_bf16 amx_tile amx_bf16", ""))["bf16_features"] == []
+
+
+def test_device_description_of_this_cpu():
+    description = device_description(torch.device("cpu"))
+    assert description["type"] == "cpu" and description["torch"] == torch.__version__
+    assert description["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and description["name"]
 
 
 def test_step_timer_keeps_one_duration_per_step():
