@@ -127,6 +127,21 @@ def test_second_repro_does_nothing(repo):
     assert run(["dvc", "status"], repo).stdout.strip().endswith("Data and pipelines are up to date.")
 
 
+def test_returning_to_earlier_probe_params_restores_the_probe_from_the_run_cache(repo):
+    """Switching to another probe and back reruns nothing: DVC's run cache holds the first probe's
+    run, which it can only do because none of the probe stage's outputs is `cache: false`."""
+    probe = (repo / "artifacts/probe/model.safetensors").read_bytes()
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["probe"]["learning_rate"] *= 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stages_run(run(["dvc", "repro", "mask"], repo).stdout) == {"probe", "score", "mask"}
+    run(["git", "checkout", "params.yaml"], repo)
+    back = run(["dvc", "repro", "mask"], repo).stdout
+    assert stages_run(back) == set(), back
+    assert "Stage 'probe' is cached - skipping run" in back
+    assert (repo / "artifacts/probe/model.safetensors").read_bytes() == probe
+
+
 def test_bad_ratio_fails_cleanly_and_keeps_the_old_mask(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     before = (repo / "artifacts/mask/mask.json").read_bytes()
