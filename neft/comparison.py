@@ -4,14 +4,16 @@ neurons sit, and whether NeFT's quality differs beyond noise (paired bootstrap p
 pooled segments of all pairs).
 
 A pair shares its seed, so its two NeFT runs see the same training and test data; only the
-compared choice differs. `scripts/compare_runs.py` loads the runs from DVC experiments.
+compared choice differs. `scripts/compare_runs.py` loads the runs from DVC experiments;
+`scripts/compare_predictions.py` compares saved prediction files alone (the quality part).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -24,6 +26,21 @@ from neft.analysis import jaccard
 from neft.config import MetricOptions
 from neft.masks import NeuronMask
 from neft.significance import compare_predictions
+
+
+class Predictions(Protocol):
+    """A named system's test predictions: id, reference, prediction (None if it has none)."""
+
+    name: str
+    predictions: pd.DataFrame | None
+
+
+@dataclass
+class SavedPredictions:
+    """Predictions read from a file, without the run that made them."""
+
+    name: str
+    predictions: pd.DataFrame
 
 
 @dataclass
@@ -66,12 +83,12 @@ def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def quality_table(kind: str, pairs: Sequence[tuple[RunOutputs, RunOutputs]], options: MetricOptions = MetricOptions()) -> pd.DataFrame:
-    """Paired bootstrap of each pair's NeFT predictions, then of all pairs' segments pooled."""
+def quality_table(kind: str, pairs: Sequence[tuple[Predictions, Predictions]], options: MetricOptions = MetricOptions()) -> pd.DataFrame:
+    """Paired bootstrap of each pair's predictions, then of all pairs' segments pooled."""
     rows = []
     for baseline, system in pairs:
         if system.predictions is None or baseline.predictions is None:
-            raise ValueError(f"{baseline.name} or {system.name} has no NeFT predictions")
+            raise ValueError(f"{baseline.name} or {system.name} has no predictions")
         for comparison in compare_predictions(kind, baseline.predictions, system.predictions, options):
             rows.append({"pair": f"{system.name} - {baseline.name}", **comparison.as_dict()})
     if len(pairs) > 1:  # each pair's ids matched above, so the concatenations match too
@@ -89,6 +106,17 @@ def difference_summary(quality: pd.DataFrame) -> pd.DataFrame:
         system_higher=("difference", lambda values: int((values > 0).sum())),
         significant_at_005=("p_value", lambda values: int((values < 0.05).sum())),
     ).reset_index()
+
+
+def write_quality_report(kind: str, pairs: Sequence[tuple[Predictions, Predictions]], options: MetricOptions, out_dir: Path) -> list[str]:
+    """`quality_table` and `difference_summary` of the pairs, written to quality.csv and
+    differences.csv in `out_dir`; returns them as markdown lines."""
+    quality = quality_table(kind, pairs, options)
+    differences = difference_summary(quality)
+    quality.to_csv(out_dir / "quality.csv", index=False)
+    differences.to_csv(out_dir / "differences.csv", index=False)
+    return [quality.to_markdown(index=False, floatfmt=".4g"), "",
+            "Over pairs:", "", differences.to_markdown(index=False, floatfmt=".3g"), ""]
 
 
 def layer_distribution(masks: dict[str, NeuronMask]) -> pd.DataFrame:

@@ -35,12 +35,11 @@ from mask_overlap import experiment_commits
 from neft.artifacts import BUDGET_FILE
 from neft.comparison import (
     RunOutputs,
-    difference_summary,
     layer_distribution,
     mask_table,
     plot_layer_distribution,
     probe_costs,
-    quality_table,
+    write_quality_report,
 )
 from neft.config import MetricOptions
 from neft.masks import mask_from_json
@@ -121,14 +120,9 @@ def main() -> None:
                 "## Score resolution", "", resolution.to_markdown(index=False, floatfmt=".3g"), "",
                 "## Selected neurons per layer", "", layers.to_markdown(), "", "![layers](layers.png)", ""]
     if not args.masks_only:
-        quality = quality_table(args.kind, pairs, MetricOptions(args.bleu_tokenize, args.rouge))
-        differences = difference_summary(quality)
-        quality.to_csv(args.out / "quality.csv", index=False)
-        differences.to_csv(args.out / "differences.csv", index=False)
         sections += [f"## NeFT quality against the baseline's {args.baseline_method}, paired bootstrap "
                      "(system - baseline; two-sided p)", "",
-                     quality.to_markdown(index=False, floatfmt=".4g"), "",
-                     "Over pairs:", "", differences.to_markdown(index=False, floatfmt=".3g"), ""]
+                     *write_quality_report(args.kind, pairs, MetricOptions(args.bleu_tokenize, args.rouge), args.out)]
     (args.out / "summary.md").write_text("\n".join(sections))
     print("\n".join(sections))
 

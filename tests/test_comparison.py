@@ -1,11 +1,16 @@
 """Pairwise run comparison: overlap, layer counts and paired quality on the same segments."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from neft.comparison import RunOutputs, difference_summary, layer_distribution, mask_table, probe_costs, quality_table
 from neft.masks import ModelShape, NeuronMask
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ModelShape(num_layers=3, d_model=4, d_ff=8, total_parameters=1000)
 REFERENCES = [f"the quick brown fox number {i} jumps over the lazy dog" for i in range(30)]
 
@@ -58,3 +63,36 @@ def test_probe_peak_is_set_only_against_the_lora_matched_to_this_run():
         costs = probe_costs(params, probe, stale, budget=9000)
         assert (costs["lora_train_peak_mb"], costs["probe_peak_vs_lora"]) == (None, None)
         assert costs["probe_peak_mb"] == 4740.0
+
+
+def write_predictions(path: Path, predictions: list[str], ids: range = range(len(REFERENCES))) -> str:
+    pd.DataFrame({"id": ids, "reference": REFERENCES, "prediction": predictions}).to_json(path, orient="records", lines=True)
+    return str(path)
+
+
+def compare_files(pairs: list[str], out: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "scripts/compare_predictions.py"), *pairs, "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+
+
+def test_saved_prediction_files_compare_like_runs(tmp_path):
+    poor = write_predictions(tmp_path / "poor.jsonl", [" ".join(reference.split()[:4]) for reference in REFERENCES])
+    good = write_predictions(tmp_path / "good.jsonl", [" ".join(reference.split()[:9]) for reference in REFERENCES])
+    result = compare_files([f"{poor}:{good}", f"{good}:{poor}"], tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    quality = pd.read_csv(tmp_path / "out/quality.csv")
+    bleu = quality[quality["metric"] == "bleu"].set_index("pair")["difference"]
+    assert bleu[f"{good} - {poor}"] > 0 and bleu[f"{poor} - {good}"] == pytest.approx(-bleu[f"{good} - {poor}"])
+    assert bleu["pooled (2 pairs)"] == pytest.approx(0, abs=1e-9)  # the two pairs cancel
+    assert (tmp_path / "out/differences.csv").is_file() and (tmp_path / "out/summary.md").is_file()
+
+
+def test_prediction_files_of_other_segments_or_missing_fail_before_writing(tmp_path):
+    first = write_predictions(tmp_path / "a.jsonl", list(REFERENCES))
+    shifted = write_predictions(tmp_path / "b.jsonl", list(REFERENCES), ids=range(100, 100 + len(REFERENCES)))
+    for pairs, message in (([f"{first}:{shifted}"], "hold different test segments"),
+                           ([f"{first}:{tmp_path}/none.jsonl"], "no such predictions file"),
+                           ([first], "each pair is BASELINE:SYSTEM")):
+        result = compare_files(pairs, tmp_path / "out")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert not (tmp_path / "out").exists()
