@@ -1,10 +1,11 @@
 """Two runs that differ in one choice (score precision, probe, mask strategy), compared pairwise:
 how far their masks overlap, how well their scores resolve the cutoff, where in the model their
-neurons sit, and whether NeFT's quality differs beyond noise (paired bootstrap per pair and on the
-pooled segments of all pairs).
+neurons sit, and whether NeFT's quality differs beyond noise (paired bootstrap per pair, and over
+all pairs the seed-aware test of neft/significance.py, which counts the variance between training
+runs as well as between test segments).
 
 A pair shares its seed, so its two NeFT runs see the same training and test data; only the
-compared choice differs. `scripts/compare_runs.py` loads the runs from DVC experiments;
+compared choice differs. Several pairs are several seeds. `scripts/compare_runs.py` loads the runs from DVC experiments;
 `scripts/compare_predictions.py` compares saved prediction files alone (the quality part).
 """
 
@@ -25,7 +26,10 @@ import pandas as pd
 from neft.analysis import jaccard
 from neft.config import MetricOptions
 from neft.masks import NeuronMask
-from neft.significance import compare_predictions
+from neft.significance import compare_predictions, seed_aware_test
+
+SEED_AWARE = "seed-aware"  # how quality_table names the rows over all pairs
+SINGLE_SEED_NOTE = "single seed: test-segment variance only"
 
 
 class Predictions(Protocol):
@@ -84,23 +88,25 @@ def mask_table(pairs: Sequence[tuple[RunOutputs, RunOutputs]]) -> pd.DataFrame:
 
 
 def quality_table(kind: str, pairs: Sequence[tuple[Predictions, Predictions]], options: MetricOptions = MetricOptions()) -> pd.DataFrame:
-    """Paired bootstrap of each pair's predictions, then of all pairs' segments pooled."""
+    """Paired bootstrap of each pair's predictions, then, with several pairs (seeds), the seed-aware
+    test over all of them (`neft.significance.seed_aware_test`: its p_value needs both the per-seed
+    t-test and the clustered segment bootstrap to reject)."""
     rows = []
     for baseline, system in pairs:
         if system.predictions is None or baseline.predictions is None:
             raise ValueError(f"{baseline.name} or {system.name} has no predictions")
         for comparison in compare_predictions(kind, baseline.predictions, system.predictions, options):
             rows.append({"pair": f"{system.name} - {baseline.name}", **comparison.as_dict()})
-    if len(pairs) > 1:  # each pair's ids matched above, so the concatenations match too
-        pooled = [pd.concat([run.predictions for run in side], ignore_index=True) for side in zip(*pairs, strict=True)]
-        for comparison in compare_predictions(kind, *pooled, options):
-            rows.append({"pair": f"pooled ({len(pairs)} pairs)", **comparison.as_dict()})
+    if len(pairs) > 1:
+        seeds = [(baseline.predictions, system.predictions) for baseline, system in pairs]
+        for comparison in seed_aware_test(kind, seeds, options):
+            rows.append({"pair": f"{SEED_AWARE} ({len(pairs)} seeds)", **comparison.as_dict()})
     return pd.DataFrame(rows)
 
 
 def difference_summary(quality: pd.DataFrame) -> pd.DataFrame:
     """Mean +/- std over pairs of each metric's difference, and in how many pairs the system is higher."""
-    per_pair = quality[~quality["pair"].str.startswith("pooled")]
+    per_pair = quality[~quality["pair"].str.startswith(SEED_AWARE)]
     return per_pair.groupby("metric", sort=False).agg(
         mean_difference=("difference", "mean"), std_difference=("difference", "std"), pairs=("difference", "size"),
         system_higher=("difference", lambda values: int((values > 0).sum())),
@@ -115,7 +121,14 @@ def write_quality_report(kind: str, pairs: Sequence[tuple[Predictions, Predictio
     differences = difference_summary(quality)
     quality.to_csv(out_dir / "quality.csv", index=False)
     differences.to_csv(out_dir / "differences.csv", index=False)
-    return [quality.to_markdown(index=False, floatfmt=".4g"), "",
+    if len(pairs) == 1:
+        scope = [f"One pair, so {SINGLE_SEED_NOTE}: p does not count the variance between training runs.", ""]
+    else:
+        scope = [f"The {SEED_AWARE} rows test the mean over seeds of each seed's difference: p_seeds is a paired t-test "
+                 "over the per-seed differences (training variance; ci95_low/high its 95 % interval), p_segments a paired "
+                 "bootstrap of test segments clustered over seeds, and p_value the larger (a difference counts only if "
+                 "both reject; docs/statistics.md).", ""]
+    return [quality.to_markdown(index=False, floatfmt=".4g"), "", *scope,
             "Over pairs:", "", differences.to_markdown(index=False, floatfmt=".3g"), ""]
 
 

@@ -1,4 +1,5 @@
-"""Paired bootstrap between saved prediction files, per pair and pooled over the pairs: the quality
+"""Paired bootstrap between saved prediction files per pair, and over the pairs (one per seed) the
+seed-aware test that also counts training variance (docs/statistics.md): the quality
 part of scripts/compare_runs.py for files alone (neft/comparison.py), so that every p-value in
 reports/experiments/ can be recomputed from the committed predictions on a fresh clone, without the
 DVC experiments that made them. Also compares methods of different runs, e.g. one run's NeFT with
@@ -13,7 +14,8 @@ Usage:
         --bleu-tokenize zh --rouge --out /tmp/neft_vs_full
 
 Each file is JSONL with id, reference, prediction (what the evaluate stages write); a pair's two
-files must hold the same ids in the same order. Writes quality.csv, differences.csv and summary.md.
+files must hold the same ids in the same order; pairs are seeds, which may share test segments
+(resampled together) or draw their own. Writes quality.csv, differences.csv and summary.md.
 """
 
 import argparse
@@ -47,7 +49,8 @@ def main() -> None:
                          "pair predictions of the same seed's test sample")
     args.out.mkdir(parents=True, exist_ok=True)
     tables = write_quality_report(args.kind, pairs, MetricOptions(args.bleu_tokenize, args.rouge), args.out)
-    sections = ["# Prediction comparison, paired bootstrap (system - baseline; two-sided p)", "", *tables]
+    sections = ["# Prediction comparison, paired bootstrap per seed and seed-aware over seeds (system - baseline; two-sided p)",
+                "", *tables]
     (args.out / "summary.md").write_text("\n".join(sections))
     print("\n".join(sections))
 

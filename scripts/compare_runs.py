@@ -1,5 +1,5 @@
 """Compare runs pairwise: mask overlap, score resolution, layer distribution and NeFT quality with a
-paired bootstrap per pair and pooled (neft/comparison.py).
+paired bootstrap per pair and, over the pairs (seeds), the seed-aware test (neft/comparison.py).
 
 Usage:
     python scripts/compare_runs.py BASELINE:SYSTEM [BASELINE:SYSTEM ...] [--out DIR] [--masks-only]
@@ -120,8 +120,8 @@ def main() -> None:
                 "## Score resolution", "", resolution.to_markdown(index=False, floatfmt=".3g"), "",
                 "## Selected neurons per layer", "", layers.to_markdown(), "", "![layers](layers.png)", ""]
     if not args.masks_only:
-        sections += [f"## NeFT quality against the baseline's {args.baseline_method}, paired bootstrap "
-                     "(system - baseline; two-sided p)", "",
+        sections += [f"## NeFT quality against the baseline's {args.baseline_method}, paired bootstrap per seed and "
+                     "seed-aware over seeds (system - baseline; two-sided p)", "",
                      *write_quality_report(args.kind, pairs, MetricOptions(args.bleu_tokenize, args.rouge), args.out)]
     (args.out / "summary.md").write_text("\n".join(sections))
     print("\n".join(sections))

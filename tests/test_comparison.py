@@ -38,9 +38,11 @@ def test_masks_layers_and_quality_of_pairs():
     assert layer_distribution({"old": baseline.mask, "new": system.mask}).to_dict("list") == {"old": [3, 0, 1], "new": [2, 1, 1]}
 
     quality = quality_table("translation", [(baseline, system), (baseline, system)])
-    assert list(quality["pair"].unique()) == ["new - old", "pooled (2 pairs)"]
-    pooled = quality[quality["pair"] == "pooled (2 pairs)"]
-    assert (pooled["segments"] == 60).all() and (pooled["difference"] > 0).all() and (pooled["p_value"] < 0.01).all()
+    assert list(quality["pair"].unique()) == ["new - old", "seed-aware (2 seeds)"]
+    over_seeds = quality[quality["pair"] == "seed-aware (2 seeds)"]
+    assert (over_seeds["segments"] == 60).all() and (over_seeds["difference"] > 0).all() and (over_seeds["seeds"] == 2).all()
+    # the same runs twice: no spread between seeds, and both parts of the test reject
+    assert (over_seeds["p_seeds"] == 0).all() and (over_seeds["p_segments"] < 0.01).all() and (over_seeds["p_value"] < 0.01).all()
     summary = difference_summary(quality).set_index("metric")
     assert summary.loc["bleu", "pairs"] == 2 and summary.loc["bleu", "system_higher"] == 2
 
@@ -83,8 +85,11 @@ def test_saved_prediction_files_compare_like_runs(tmp_path):
     quality = pd.read_csv(tmp_path / "out/quality.csv")
     bleu = quality[quality["metric"] == "bleu"].set_index("pair")["difference"]
     assert bleu[f"{good} - {poor}"] > 0 and bleu[f"{poor} - {good}"] == pytest.approx(-bleu[f"{good} - {poor}"])
-    assert bleu["pooled (2 pairs)"] == pytest.approx(0, abs=1e-9)  # the two pairs cancel
-    assert (tmp_path / "out/differences.csv").is_file() and (tmp_path / "out/summary.md").is_file()
+    assert bleu["seed-aware (2 seeds)"] == pytest.approx(0, abs=1e-9)  # the two pairs cancel
+    assert quality.set_index("pair").loc["seed-aware (2 seeds)", "p_value"].min() > 0.5
+    assert (tmp_path / "out/differences.csv").is_file() and "seed-aware rows" in (tmp_path / "out/summary.md").read_text()
+    assert compare_files([f"{poor}:{good}"], tmp_path / "one").returncode == 0
+    assert "single seed: test-segment variance only" in (tmp_path / "one/summary.md").read_text()
 
 
 def test_prediction_files_of_other_segments_or_missing_fail_before_writing(tmp_path):
