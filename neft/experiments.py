@@ -1,7 +1,7 @@
 """Turning many DVC experiments into answers: the budget curve (quality vs trainable % for NeFT and
 matched LoRA, the paper's Table 7), the controls at one budget (cosine vs reversed vs random), the
 spread over seeds (mean +/- standard deviation per method, and of the paired differences NeFT -
-LoRA and NeFT - full FT within each run), and the learning curve (quality vs training steps, each
+LoRA and NeFT - full FT within each run, with a paired t-test over the seeds), and the learning curve (quality vs training steps, each
 method at the learning rate its validation loss chose for that step budget).
 
 Input is `dvc exp show --json`; every function below works on plain data and is tested on it.
@@ -19,6 +19,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+
+from neft.significance import seed_t_test
 
 METHODS = ("base", "full", "neft", "lora")
 GROUP_KEYS = ("task", "model", "score_form", "ratio", "strategy", "steps")
@@ -168,10 +170,14 @@ def seed_summary(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 def paired_differences(
     rows: pd.DataFrame, metric: str, method: str = "neft", references: tuple[str, ...] = ("lora", "full")
 ) -> pd.DataFrame:
-    """`method` minus each reference within the same run, then mean +/- std over seeds.
+    """`method` minus each reference within the same run, then mean +/- std over seeds, and
+    `seed_t_test` over them: p_seeds and the 95 % t interval of the mean (NaN for one seed).
 
     A seed also redraws the data sample (test set included), so per-method spreads mix data and
-    training noise; the difference within a run cancels what the methods share.
+    training noise; the difference within a run cancels what the methods share. The collector
+    holds each run's scores, not its predictions, so this is the seed-aware test's training-variance
+    part only; where each seed draws its own test sample the per-seed differences vary with it too.
+    For the full test, compare the runs' predictions (scripts/compare_predictions.py).
     """
     keys = [*GROUP_KEYS, "seed"]
     wide = rows.pivot_table(index=keys, columns="method", values=metric, aggfunc="first")
@@ -183,13 +189,16 @@ def paired_differences(
         difference["comparison"] = f"{method} - {reference}"
         frames.append(difference)
     if not frames:
-        return pd.DataFrame(columns=[*GROUP_KEYS, "comparison", "mean", "std", "seeds", "wins"])
-    summary = pd.concat(frames).groupby([*GROUP_KEYS, "comparison"], sort=True).agg(
+        return pd.DataFrame(columns=[*GROUP_KEYS, "comparison", "mean", "std", "seeds", "wins", "ci95_low", "ci95_high", "p_seeds"])
+    grouped = pd.concat(frames).groupby([*GROUP_KEYS, "comparison"], sort=True)
+    summary = grouped.agg(
         mean=("difference", "mean"), std=("difference", "std"), seeds=("seed", "nunique"),
         wins=("difference", lambda values: int((values > 0).sum())),
     ).reset_index()
     summary["std"] = summary["std"].fillna(0.0)
-    return summary
+    tests = [seed_t_test(values.to_numpy()) for _, values in grouped["difference"]]  # in the summary's (sorted) order
+    summary[["p_seeds", "ci95_low", "ci95_high"]] = pd.DataFrame(tests, dtype=float).to_numpy()
+    return summary[[*GROUP_KEYS, "comparison", "mean", "std", "seeds", "wins", "ci95_low", "ci95_high", "p_seeds"]]
 
 
 def run_significance(rows: pd.DataFrame, metric: str, references: tuple[str, ...] = ("lora", "full")) -> pd.DataFrame:

@@ -170,7 +170,7 @@ def seed_aware_test(
         differences = np.array(system_scores) - np.array(base_scores)
         p_segments = 1.0 if identical else _p_value(np.mean(resampled_base, axis=0), np.mean(resampled_system, axis=0),
                                                     abs(float(differences.mean())))
-        p_seeds, ci95_low, ci95_high = _seed_t_test(differences)
+        p_seeds, ci95_low, ci95_high = seed_t_test(differences)
         comparisons.append(SeedAwareComparison(
             metric, float(np.mean(base_scores)), float(np.mean(system_scores)), float(differences.mean()), ci95_low, ci95_high,
             p_seeds, p_segments, p_segments if p_seeds is None else max(p_seeds, p_segments),
@@ -211,9 +211,11 @@ def _clustered_resample_counts(ids_per_seed: Sequence[Sequence[object]], samples
     return [counts[:, union.get_indexer(ids)] for ids in ids_per_seed]
 
 
-def _seed_t_test(differences: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    """Two-sided one-sample t-test of the per-seed differences against 0, and the 95 % t interval
-    of their mean; (None, None, None) for one seed, where training variance cannot be measured."""
+def seed_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """Two-sided one-sample t-test of the per-seed differences against 0 (the seed-aware test's
+    `p_seeds`), and the 95 % t interval of their mean; (None, None, None) for one seed, where
+    training variance cannot be measured."""
+    differences = np.asarray(differences, dtype=float)
     if len(differences) < 2:
         return None, None, None
     mean = float(differences.mean())

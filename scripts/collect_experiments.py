@@ -94,7 +94,9 @@ def main() -> None:
                 "Budget curve (cosine masks; mean over seeds):", "", curve.to_markdown(index=False, floatfmt=".3g"),
                 "", "Controls, NeFT under each mask strategy:", "", controls.to_markdown(index=False),
                 "", "Every method, mean +/- std over seeds:", "", seeds.to_markdown(index=False, floatfmt=".3g"),
-                "", "Paired differences within each run, mean +/- std over seeds (wins: runs where NeFT is higher):", "",
+                "", "Paired differences within each run, mean +/- std over seeds (wins: runs where NeFT is higher; p_seeds: "
+                "paired t-test over the seeds, ci95: its 95 % interval of the mean; the training-variance part of the "
+                "seed-aware test, docs/statistics.md):", "",
                 differences.to_markdown(index=False, floatfmt=".3g"),
                 "", "Each run's paired bootstrap on its test set (NeFT's score +/- its 95 % interval; difference and p against "
                 "each baseline of the same run, at that run's learning rates; p > 0.05: within noise):", "",

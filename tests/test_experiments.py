@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from neft.experiments import (
@@ -114,8 +115,12 @@ def test_paired_differences_subtract_within_each_run_then_average_over_seeds():
     assert at_default.loc["neft - lora", "mean"] == pytest.approx(2.5)
     assert at_default.loc["neft - lora", "std"] == pytest.approx(0.5 ** 0.5)
     assert at_default.loc["neft - lora", "seeds"] == 2 and at_default.loc["neft - lora", "wins"] == 2
+    # paired t-test over the two seeds' differences 2 and 3: t = 2.5 / 0.5 = 5 on 1 degree of freedom
+    assert at_default.loc["neft - lora", "p_seeds"] == pytest.approx(0.1257, abs=1e-4)
+    assert at_default.loc["neft - lora", "ci95_low"] < 0 < at_default.loc["neft - lora", "ci95_high"]
     random_control = differences[differences["strategy"] == "random"].iloc[0]
     assert random_control["mean"] == pytest.approx(-3.0) and random_control["wins"] == 0
+    assert random_control["seeds"] == 1 and pd.isna(random_control["p_seeds"])  # one seed: no t-test
 
 
 def test_each_runs_significance_is_collected_with_neft_and_its_interval():
