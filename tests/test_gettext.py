@@ -9,7 +9,7 @@ import polib
 import pytest
 
 from neft.config import compose_config, compose_params, parse_config
-from neft.data.gettext import catalog_path, package_messages, split_by_package
+from neft.data.gettext import PINNED_VERSIONS, catalog_path, package_messages, split_by_package
 from neft.data.records import DataError
 from neft.data.sources import build_splits
 from neft.errors import ConfigError
@@ -68,8 +68,10 @@ def test_a_malformed_catalog_is_named(tmp_path):
         package_messages({"broken-package": ["broken"]}, tmp_path, "zh_CN", min_words=6)
 
 
-def test_a_missing_catalog_names_the_apt_command(tmp_path):
-    with pytest.raises(DataError, match=r"package\(s\) \['git'\].*apt-get install -y --no-install-recommends git"):
+def test_a_missing_catalog_names_the_unpack_and_the_apt_command(tmp_path):
+    with pytest.raises(DataError, match=rf"package\(s\) \['git'\]; unpack them there, no root needed: "
+                                        rf"python -m neft.data.gettext task.locale_dir={re.escape(str(tmp_path))}; "
+                                        r"or, as root, install them with: apt-get install -y --no-install-recommends git$"):
         package_messages({"git": ["git"]}, tmp_path, "zh_CN", min_words=6)
 
 
@@ -85,10 +87,8 @@ def test_real_catalogs_give_a_package_disjoint_chinese_set():
     assert all(re.search(r"[\u4e00-\u9fff]", example.target) for examples in splits.values() for example in examples)
 
 
-def test_setup_installs_exactly_the_packages_the_task_reads():
-    script = (ROOT / "setup.sh").read_text()
-    listed = re.search(r"GETTEXT_PACKAGES=\(([^)]*)\)", script).group(1).split()
-    assert sorted(listed) == sorted(compose_config(["task=gettext-en-zh"]).task.packages)
+def test_every_package_the_task_reads_is_pinned():
+    assert sorted(PINNED_VERSIONS) == sorted(compose_config(["task=gettext-en-zh"]).task.packages)
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -1,10 +1,13 @@
-"""English -> Chinese software messages from the gettext catalogs that Debian packages install.
+"""English -> Chinese software messages from the gettext catalogs of Debian packages.
 
 A package's zh_CN catalog (`<locale_dir>/zh_CN/LC_MESSAGES/<domain>.mo`) maps each English message
-(msgid) to its translation (msgstr). polib reads the compiled catalogs. Kept are translated,
-non-fuzzy, singular messages that read like sentences: at least `min_words` words, one line, no
-printf (`%s`) or brace (`{name}`) placeholders, and a translation that contains Chinese. Runs of
-whitespace (option help aligns columns with them) become one space, so variants dedupe.
+(msgid) to its translation (msgstr). The task's `locale_dir` is a cache that
+`python -m neft.data.gettext` fills from the packages' `.deb` files without installing them
+(neft.data.debian); a directory of installed catalogs (/usr/share/locale) reads the same. polib
+reads the compiled catalogs. Kept are translated, non-fuzzy, singular messages that read like
+sentences: at least `min_words` words, one line, no printf (`%s`) or brace (`{name}`) placeholders,
+and a translation that contains Chinese. Runs of whitespace (option help aligns columns with them)
+become one space, so variants dedupe.
 
 The split unit is the Debian package: valid and test hold out whole packages, so strings that one
 package repeats in variants never cross the train/test line. A message that several packages share
@@ -16,20 +19,65 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neft.data.debian import recorded_versions, run_unpack, unpack_packages
 from neft.data.records import DataError, Example, subsample, translation_example
 
 SPLITS = ("train", "valid", "test")
+# The Debian 12 version of each package of task=gettext-en-zh that is unpacked: the committed En->Zh
+# results were prepared from catalogs with these bytes (PostgreSQL 15.20 changed its translations).
+# A package of the task missing here is unpacked at apt's candidate version.
+PINNED_VERSIONS = {
+    "adduser": "3.134",
+    "appstream": "0.16.1-2+b1",
+    "apt": "2.6.2",
+    "bash": "5.2.15-2+b13",
+    "binutils-common": "2.40-2",
+    "coreutils": "9.1-1",
+    "diffutils": "1:3.8-4",
+    "dpkg": "1.21.23",
+    "findutils": "4.9.0-4",
+    "gettext": "0.21-12",
+    "git": "1:2.39.5-0+deb12u3",
+    "gnupg-l10n": "2.2.40-1.1+deb12u2",
+    "gsettings-desktop-schemas": "43.0-1",
+    "libapt-pkg6.0": "2.6.2",
+    "libc-l10n": "2.36-9+deb12u14",
+    "libgdk-pixbuf2.0-common": "2.42.10+dfsg-1+deb12u4",
+    "libglib2.0-data": "2.74.6-2+deb12u9",
+    "libgnutls30": "3.7.9-2+deb12u7",
+    "libgstreamer1.0-0": "1.22.0-2+deb12u1",
+    "libgtk2.0-common": "2.24.33-2+deb12u1",
+    "libpam-runtime": "1.5.2-6+deb12u3",
+    "libpq5": "15.18-0+deb12u1",
+    "login": "1:4.13+dfsg1-1+deb12u2",
+    "make": "4.3-4.1",
+    "man-db": "2.11.2-2",
+    "packagekit": "1.2.6-5+deb12u1",
+    "postgresql-15": "15.18-0+deb12u1",
+    "postgresql-client-15": "15.18-0+deb12u1",
+    "procps": "2:4.0.2-3",
+    "sed": "4.9-1+deb12u1",
+    "systemd": "252.39-1~deb12u2",
+    "tar": "1.34+dfsg-1.2+deb12u1",
+    "wget": "1.21.3-1+deb12u1",
+    "xz-utils": "5.4.1-1+deb12u2",
+}
 _PLACEHOLDER = re.compile(r"%|\{[^}]*\}")
 _CHINESE = re.compile(r"[\u4e00-\u9fff]")
 
 
 def install_command(packages: Sequence[str]) -> str:
     return f"apt-get install -y --no-install-recommends {' '.join(sorted(packages))}"
+
+
+def unpack_command(locale_dir: Path) -> str:
+    return f"python -m neft.data.gettext task.locale_dir={locale_dir}"
 
 
 @dataclass(frozen=True)
@@ -41,7 +89,7 @@ class MessagePair:
 
 
 def catalog_path(locale_dir: Path, language: str, domain: str) -> Path:
-    return Path(locale_dir) / language / "LC_MESSAGES" / f"{domain}.mo"
+    return Path(locale_dir).expanduser() / language / "LC_MESSAGES" / f"{domain}.mo"
 
 
 def is_sentence_like(source: str, target: str, min_words: int) -> bool:
@@ -73,12 +121,13 @@ def read_catalog(path: Path) -> list[tuple[str, str]]:
 def package_messages(
     packages: Mapping[str, Sequence[str]], locale_dir: Path, language: str, min_words: int
 ) -> dict[str, list[MessagePair]]:
-    """package -> its sentence-like pairs, in catalog order; a missing catalog names its apt command."""
+    """package -> its sentence-like pairs, in catalog order; a missing catalog names the commands that get it."""
     missing = {package for package, domains in packages.items()
                for domain in domains if not catalog_path(locale_dir, language, domain).is_file()}
     if missing:
         raise DataError(f"{language} catalogs are missing under {locale_dir} for package(s) {sorted(missing)}; "
-                        f"install them with: {install_command(missing)}")
+                        f"unpack them there, no root needed: {unpack_command(locale_dir)}; "
+                        f"or, as root, install them with: {install_command(missing)}")
     return {
         package: [
             MessagePair(package, domain, " ".join(source.split()), " ".join(target.split()))
@@ -110,8 +159,12 @@ def split_by_package(
     return splits
 
 
-def package_versions(packages: Sequence[str]) -> dict[str, str]:
-    """Installed Debian version of each package (empty where dpkg does not know it)."""
+def package_versions(packages: Sequence[str], locale_dir: Path) -> dict[str, str]:
+    """Debian version of each package: as recorded when its catalogs were unpacked into
+    `locale_dir`, else the installed one (empty where dpkg does not know it)."""
+    unpacked = recorded_versions(locale_dir)
+    if unpacked is not None:
+        return {package: unpacked.get(package, "") for package in sorted(packages)}
     versions = {}
     for package in sorted(packages):
         result = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=False)
@@ -122,7 +175,7 @@ def package_versions(packages: Sequence[str]) -> dict[str, str]:
 def catalog_manifest(packages: Mapping[str, Sequence[str]], locale_dir: Path, language: str) -> dict[str, Any]:
     """What the prepared set was made from: each package's version and each catalog's sha256, so a
     package update that changes strings shows up as a changed data/prepared/summary.json."""
-    versions = package_versions(list(packages))
+    versions = package_versions(list(packages), locale_dir)
     return {
         package: {
             "version": versions[package],
@@ -151,3 +204,22 @@ def build_gettext_splits(
                  for index, pair in enumerate(splits[split])]
         examples[split] = subsample(items, max_examples[split], seed)
     return examples
+
+
+def unpack_catalogs(packages: Sequence[str], language: str, locale_dir: Path) -> dict[str, str]:
+    """Unpack the `language` catalogs of `packages` (at their pinned versions) from their .deb files
+    into `locale_dir`; {package: version}."""
+    pins = {package: PINNED_VERSIONS.get(package) for package in packages}
+    return unpack_packages(pins, f"usr/share/locale/{language}/LC_MESSAGES/*.mo", "usr/share/locale",
+                           locale_dir, unpack_command(locale_dir))
+
+
+if __name__ == "__main__":
+    # Usage: python -m neft.data.gettext [hydra overrides]   (setup.sh runs it; no root needed)
+    from neft.config import compose_config
+
+    def unpack_task_catalogs() -> dict[str, str]:
+        task = compose_config(["task=gettext-en-zh", *sys.argv[1:]]).task
+        return unpack_catalogs(list(task.packages), task.language, Path(task.locale_dir))
+
+    run_unpack(unpack_task_catalogs)

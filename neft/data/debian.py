@@ -1,0 +1,110 @@
+"""Data files from Debian packages, unpacked into a cache rather than installed.
+
+Some task data ships in Debian packages (SWORD Bible modules, gettext catalogs). Installing them
+needs root and runs their maintainer scripts (a database server, init and PAM changes, for a few
+`.mo` files), so instead `apt-get download` fetches each `.deb` (no root; it reads the machine's
+apt lists) and only the wanted members of its file tree are unpacked into a directory of ours,
+next to a `packages.json` that records the version of every package unpacked. A package may be
+pinned to a version, so that every machine unpacks the bytes that the committed results were made
+from; `apt-get download` then fails once the mirror drops that version (snapshot.debian.org keeps it).
+
+The cache lives in the user's cache directory, not in the project: `dvc exp run --queue` and
+`--temp` run in fresh clones of the repository, which would not carry git-ignored data.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+
+from neft.data.records import DataError
+from neft.errors import UserError
+from neft.io import atomic_directory, write_json
+
+CACHE_ROOT = Path("~/.cache/neft")
+VERSIONS_FILE = "packages.json"
+USER_ERROR_EXIT = 2  # the stages' exit status for a user error (stages/_common.py)
+
+
+def recorded_versions(destination: Path) -> dict[str, str] | None:
+    """{package: version} that the last unpacking into `destination` recorded; None if none did."""
+    record = Path(destination).expanduser() / VERSIONS_FILE
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def download_deb(package: str, version: str | None, directory: Path, retry_command: str) -> Path:
+    """The `.deb` of `package` at `version` (None: apt's candidate), downloaded into the empty `directory`."""
+    wanted = package if version is None else f"{package}={version}"
+    result = subprocess.run(["apt-get", "download", wanted], cwd=directory, capture_output=True, text=True, check=False)
+    debs = list(directory.glob("*.deb"))
+    if result.returncode != 0 or len(debs) != 1:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("E:")] or ["no .deb downloaded"]
+        raise DataError(f"could not download Debian package {wanted} ({errors[0]}); check the network and the apt "
+                        f"lists (`sudo apt-get update` refreshes them), then rerun: {retry_command}")
+    return debs[0]
+
+
+def deb_version(deb: Path) -> str:
+    return subprocess.run(["dpkg-deb", "--show", "--showformat=${Version}", str(deb)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def unpack_members(deb: Path, pattern: str, strip_prefix: str, destination: Path) -> list[Path]:
+    """Write the regular files of `deb` whose path matches `pattern` (fnmatch, no leading "./")
+    under `destination`, at their path relative to `strip_prefix`; the files written."""
+    tree = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    written = []
+    with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
+        for member in archive:
+            name = PurePosixPath(member.name.removeprefix("./"))
+            if not member.isfile() or not fnmatch.fnmatchcase(str(name), pattern):
+                continue
+            path = destination / name.relative_to(strip_prefix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(archive.extractfile(member).read())
+            written.append(path)
+    return written
+
+
+def is_unpacked(pins: Mapping[str, str | None], destination: Path) -> bool:
+    """Whether `destination` holds exactly these packages, each at its pinned version if it has one."""
+    recorded = recorded_versions(destination) or {}
+    return sorted(recorded) == sorted(pins) and all(version in (None, recorded[package]) for package, version in pins.items())
+
+
+def unpack_packages(pins: Mapping[str, str | None], pattern: str, strip_prefix: str, destination: Path,
+                    retry_command: str) -> dict[str, str]:
+    """Download every package of `pins` (package -> version, None for apt's candidate) and unpack
+    its members matching `pattern` into `destination`, which is replaced as a whole once all of them
+    succeeded; {package: version}. Nothing is downloaded when `destination` already holds them."""
+    destination = Path(destination).expanduser()
+    if is_unpacked(pins, destination):
+        return recorded_versions(destination)
+    versions = {}
+    with atomic_directory(destination) as scratch, tempfile.TemporaryDirectory() as downloads:
+        for package, version in sorted(pins.items()):
+            download_dir = Path(downloads) / package
+            download_dir.mkdir()
+            deb = download_deb(package, version, download_dir, retry_command)
+            if not unpack_members(deb, pattern, strip_prefix, scratch):
+                raise DataError(f"Debian package {package!r} ({deb.name}) has no file matching {pattern}")
+            versions[package] = deb_version(deb)
+        write_json(scratch / VERSIONS_FILE, versions)
+    return versions
+
+
+def run_unpack(unpack: Callable[[], dict[str, str]]) -> None:
+    """Command-line entry point: run `unpack`, print what it holds; a user error is one line, exit 2."""
+    try:
+        versions = unpack()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    print(json.dumps(versions, indent=2))
