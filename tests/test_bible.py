@@ -7,6 +7,7 @@ import pytest
 from neft.data import bible
 from neft.data.bible import (
     INSTALL_COMMAND,
+    UNPACK_COMMAND,
     align_verses,
     book_of,
     build_bible_splits,
@@ -155,14 +156,21 @@ def test_build_bible_splits_subsamples_deterministically_in_canonical_order(monk
     assert len(first["test"]) == 4 and first["valid"] == []
 
 
-def test_require_sword_module_names_the_install_command(monkeypatch, tmp_path):
+def test_require_sword_module_names_the_unpack_and_the_install_command(monkeypatch, tmp_path):
     with pytest.raises(DataError) as error:
         require_sword_module("noSuchModule")
-    assert INSTALL_COMMAND in str(error.value) and "noSuchModule" in str(error.value)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no mod2imp there
-    with pytest.raises(DataError, match="mod2imp"):
+    assert UNPACK_COMMAND in str(error.value) and "noSuchModule" in str(error.value)
+    # Only the unpacked tree counts, even where the module is also installed system-wide.
+    monkeypatch.setattr(bible, "SWORD_DIR", tmp_path)
+    with pytest.raises(DataError, match=f"no SWORD modules are unpacked in {tmp_path}; unpack them with: {UNPACK_COMMAND}$"):
         require_sword_module(ENGLISH)
-    with pytest.raises(DataError, match="apt-get install"):
+    (tmp_path / "mods.d").mkdir()
+    with pytest.raises(DataError, match=f"SWORD module '{ENGLISH}' is not in {tmp_path} .*: {UNPACK_COMMAND}$"):
+        require_sword_module(ENGLISH)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mod2imp there
+    with pytest.raises(DataError, match=f"mod2imp.*{INSTALL_COMMAND}"):
+        require_sword_module(ENGLISH)
+    with pytest.raises(DataError, match=f"mod2imp.*{INSTALL_COMMAND}"):
         export_module(ENGLISH)
 
 

@@ -1,21 +1,30 @@
-"""English-Spanish Bible translation data from installed SWORD modules.
+"""English-Spanish Bible translation data from SWORD modules.
 
-The verses come from `mod2imp` (libsword-utils), which prints a module as "$$$<Book> <chapter>:<verse>"
-records of raw OSIS markup. Verses are paired by reference, and valid/test hold out whole books,
-so no test verse shares a passage (and its context) with training verses.
+The modules are data: `python -m neft.data.bible` unpacks them from the sword-text-* .deb files into
+a cache (neft.data.debian; no install, no root). The verses come from `mod2imp` (libsword-utils),
+which prints a module as "$$$<Book> <chapter>:<verse>" records of raw OSIS markup; it is the one
+package installed, as a program: SWORD's compressed module format has no other reader here. Verses
+are paired by reference, and valid/test hold out whole books, so no test verse shares a passage (and
+its context) with training verses.
 """
 
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 import subprocess
 from collections.abc import Iterator
 
+from neft.data.debian import CACHE_ROOT, run_unpack, unpack_packages
 from neft.data.records import DataError, Example, subsample
 
-INSTALL_COMMAND = "apt-get install -y --no-install-recommends sword-text-web sword-text-sparv libsword-utils"
+INSTALL_COMMAND = "apt-get install -y --no-install-recommends libsword-utils"
+UNPACK_COMMAND = "python -m neft.data.bible"
+SWORD_DIR = CACHE_ROOT / "sword"  # mods.d/ and modules/, as under /usr/share/sword
+# The Debian 12 packages of the two modules, at the versions the committed results were made from.
+PINNED_VERSIONS = {"sword-text-sparv": "2.60-1", "sword-text-web": "426.0-1"}
 SPLITS = ("train", "valid", "test")
 
 Aligned = tuple[str, str, str]  # (reference, source text, target text)
@@ -55,35 +64,49 @@ _BREAK = "\x00"
 _SPACE_BEFORE_CLOSER = re.compile(r" (?=[,.;:!?”])")
 
 
+def unpack_modules() -> dict[str, str]:
+    """Unpack the SWORD module trees of PINNED_VERSIONS' packages into SWORD_DIR; {package: version}."""
+    return unpack_packages(PINNED_VERSIONS, "usr/share/sword/*", "usr/share/sword", SWORD_DIR, UNPACK_COMMAND)
+
+
+def _mod2imp_environment() -> dict[str, str]:
+    # SWORD_PATH makes SWORD read its modules from the unpacked tree rather than a system install.
+    return {**os.environ, "SWORD_PATH": str(SWORD_DIR.expanduser())}
+
+
 def require_sword_module(module: str) -> None:
-    """Fail fast, with the install command, unless `mod2imp` can export `module`."""
+    """Fail fast, with the command that fixes it, unless `mod2imp` can export `module`."""
     executable = shutil.which("mod2imp")
     if executable is None:
         raise DataError(f"`mod2imp` (libsword-utils) is not on PATH; install it with: {INSTALL_COMMAND}")
-    # Ask mod2imp itself rather than scanning mods.d: SWORD looks in several places (SWORD_PATH,
-    # ~/.sword, sword.conf), and only mod2imp knows which one it will use. The first record marker
-    # is enough to know the module exists, so the export is stopped right there.
+    # SWORD ignores a SWORD_PATH without mods.d/ and falls back to the system's modules, which are
+    # not the pinned ones that were unpacked (or not there at all).
+    if not (SWORD_DIR.expanduser() / "mods.d").is_dir():
+        raise DataError(f"no SWORD modules are unpacked in {SWORD_DIR}; unpack them with: {UNPACK_COMMAND}")
+    # Ask mod2imp itself rather than scanning mods.d: only mod2imp knows whether SWORD can open the
+    # module. The first record marker is enough to know it exists, so the export is stopped there.
     with subprocess.Popen(
-        [executable, module], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        [executable, module], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        env=_mod2imp_environment(),
     ) as process:
         first = process.stdout.read(3) if process.stdout else b""
         process.kill()
     if first != b"$$$":
         raise DataError(
-            f"SWORD module {module!r} is not installed (mod2imp exports nothing for it); install it with: {INSTALL_COMMAND}"
+            f"SWORD module {module!r} is not in {SWORD_DIR} (mod2imp exports nothing for it); unpack it with: {UNPACK_COMMAND}"
         )
 
 
 def export_module(module: str) -> str:
     """The raw `mod2imp <module>` export (OSIS markup in "$$$reference" records)."""
     try:
-        result = subprocess.run(["mod2imp", module], capture_output=True, check=False)
+        result = subprocess.run(["mod2imp", module], capture_output=True, check=False, env=_mod2imp_environment())
     except FileNotFoundError:
         raise DataError(f"`mod2imp` (libsword-utils) is not on PATH; install it with: {INSTALL_COMMAND}") from None
     if result.returncode != 0 or not result.stdout.strip():
         detail = " ".join(result.stderr.decode("utf-8", "replace").strip().splitlines()[:1]) or "no output"
         raise DataError(
-            f"mod2imp {module} failed (exit {result.returncode}: {detail}); install the module with: {INSTALL_COMMAND}"
+            f"mod2imp {module} failed (exit {result.returncode}: {detail}); unpack the module with: {UNPACK_COMMAND}"
         )
     return result.stdout.decode("utf-8")
 
@@ -274,3 +297,7 @@ def build_bible_splits(
         ]
         for split, rows in splits.items()
     }
+
+
+if __name__ == "__main__":
+    run_unpack(unpack_modules)  # setup.sh runs it; no root needed
