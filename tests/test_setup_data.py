@@ -1,0 +1,118 @@
+"""Task data from Debian packages is unpacked, not installed: same prepared bytes, clear failures."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from neft.config import compose_params, parse_config
+from neft.data import bible, debian
+from neft.data.gettext import catalog_path, unpack_catalogs
+from neft.data.records import DataError
+from stages.prepare_data import prepare_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM_LOCALE_DIR = Path("/usr/share/locale")
+# Essential packages, so their zh_CN catalogs are on every Debian machine the suite runs on.
+REACHABLE = {"sed": ["sed"], "diffutils": ["diffutils"], "tar": ["tar"]}
+
+
+def packages_installed_by(script: str) -> set[str]:
+    """Every package `script` may pass to `apt-get install`: its literal words and the members of
+    the bash arrays it expands there ("${NAME[@]}", filled by NAME=(...) and NAME+=(...))."""
+    arrays: dict[str, list[str]] = {}
+    for name, words in re.findall(r"(\w+)\+?=\(([^)]*)\)", script):
+        arrays.setdefault(name, []).extend(shlex.split(words, comments=True))
+    installed: set[str] = set()
+    for line in script.replace("\\\n", " ").splitlines():
+        if "apt-get" not in line:
+            continue
+        words = shlex.split(line, comments=True)
+        if "install" not in words:
+            continue
+        for word in words[words.index("install") + 1:]:
+            array = re.fullmatch(r"\$\{(\w+)\[@\]\}", word)
+            installed |= set(arrays[array.group(1)]) if array else set() if word.startswith("-") else {word}
+    return installed
+
+
+def test_setup_installs_no_package_that_only_ships_task_data():
+    installed = packages_installed_by((ROOT / "setup.sh").read_text())
+    data_packages = set(bible.PINNED_VERSIONS) | set(compose_params(["task=gettext-en-zh"])["task"]["packages"])
+    assert "libsword-utils" in installed  # the parser sees the install; mod2imp is a program
+    assert not installed & data_packages, f"setup.sh installs data packages {sorted(installed & data_packages)}; unpack them"
+
+
+def build_deb(package: str, version: str, files: dict[str, bytes], directory: Path) -> Path:
+    """A .deb of `package` at `version` holding `files` (path in the file system -> bytes)."""
+    tree = directory / f"{package}-tree"
+    for name, data in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    (tree / "DEBIAN").mkdir()
+    (tree / "DEBIAN/control").write_text(f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+                                         "Maintainer: neft tests <test@neft.local>\nDescription: test\n")
+    deb = directory / f"{package}.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+def installed_version(package: str) -> str:
+    return subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True, check=True).stdout
+
+
+def test_unpacked_catalogs_prepare_the_same_bytes_as_installed_ones(monkeypatch, tmp_path):
+    # Each .deb holds its package's installed zh_CN catalog among files that must not be unpacked,
+    # so the unpacked cache is compared with the installed catalogs through the whole stage.
+    def download(package: str, version: str | None, directory: Path, retry_command: str) -> Path:
+        catalog = catalog_path(SYSTEM_LOCALE_DIR, "zh_CN", package).read_bytes()
+        files = {f"usr/share/locale/zh_CN/LC_MESSAGES/{package}.mo": catalog,
+                 f"usr/share/locale/zh_TW/LC_MESSAGES/{package}.mo": b"another language",
+                 f"usr/bin/{package}": b"a program"}
+        return build_deb(package, installed_version(package), files, directory)
+
+    monkeypatch.setattr(debian, "download_deb", download)
+    cache = tmp_path / "cache"
+    assert unpack_catalogs(list(REACHABLE), "zh_CN", cache) == {package: installed_version(package) for package in REACHABLE}
+    assert sorted(path.relative_to(cache).as_posix() for path in cache.rglob("*") if path.is_file()) == [
+        "packages.json", *sorted(f"zh_CN/LC_MESSAGES/{package}.mo" for package in REACHABLE)]
+
+    prepared = {}
+    for name, locale_dir in (("installed", SYSTEM_LOCALE_DIR), ("unpacked", cache)):
+        params = compose_params(["task=gettext-en-zh"])
+        params["task"].update(locale_dir=str(locale_dir), packages=REACHABLE, valid_packages=["diffutils"], test_packages=["tar"])
+        prepare_data(parse_config(params), out_dir=tmp_path / name)
+        prepared[name] = {path.name: path.read_bytes() for path in sorted((tmp_path / name).iterdir())}
+    assert sorted(prepared["installed"]) == ["summary.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
+    assert all(prepared["installed"].values())
+    assert prepared["unpacked"] == prepared["installed"]  # the manifest's versions and sha256s included
+
+
+@pytest.mark.parametrize(("module", "first_package"), [("neft.data.gettext", "adduser"), ("neft.data.bible", "sword-text-sparv")])
+def test_an_unreachable_package_stops_with_one_line_and_exit_2(module, first_package, tmp_path):
+    # An apt-get that cannot reach the mirror; HOME moves the cache so nothing is already unpacked.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "apt-get").write_text("#!/bin/sh\necho 'E: Failed to fetch http://deb.debian.org/x.deb  Could not resolve host' >&2\n"
+                                      "exit 100\n")
+    (fake_bin / "apt-get").chmod(0o755)
+    environment = {**os.environ, "HOME": str(tmp_path), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and result.stderr.count("\n") == 1
+    assert re.fullmatch(rf"error: could not download Debian package {first_package}=\S+ \(E: Failed to fetch .*\); "
+                        rf"check the network .*, then rerun: python -m {module}\b.*\n", result.stderr)
+    assert not [path for path in (tmp_path / ".cache/neft").rglob("*") if path.is_file()]  # nothing half-unpacked
+
+
+def test_a_package_apt_does_not_know_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"^could not download Debian package no-such-package-neft "
+                                               r"\(E: Unable to locate package no-such-package-neft\); .*rerun: RETRY$"):
+        debian.unpack_packages({"no-such-package-neft": None}, "*", "", tmp_path / "cache", "RETRY")
+    assert not (tmp_path / "cache").exists()
