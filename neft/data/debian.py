@@ -39,20 +39,24 @@ def recorded_versions(destination: Path) -> dict[str, str] | None:
     return json.loads(record.read_text()) if record.is_file() else None
 
 
-def download_deb(package: str, version: str | None, directory: Path, retry_command: str) -> Path:
-    """The `.deb` of `package` at `version` (None: apt's candidate), downloaded into the empty `directory`."""
-    wanted = package if version is None else f"{package}={version}"
-    result = subprocess.run(["apt-get", "download", wanted], cwd=directory, capture_output=True, text=True, check=False)
-    debs = list(directory.glob("*.deb"))
-    if result.returncode != 0 or len(debs) != 1:
-        errors = [line for line in result.stderr.splitlines() if line.startswith("E:")] or ["no .deb downloaded"]
-        raise DataError(f"could not download Debian package {wanted} ({errors[0]}); check the network and the apt "
-                        f"lists (`sudo apt-get update` refreshes them), then rerun: {retry_command}")
-    return debs[0]
+def download_debs(pins: Mapping[str, str | None], directory: Path, retry_command: str) -> dict[str, Path]:
+    """{package: its .deb} for every package of `pins` (package -> version, None for apt's candidate),
+    downloaded into the empty `directory` by one apt-get run: apt loads its cache once, not per package."""
+    wanted = [package if version is None else f"{package}={version}" for package, version in sorted(pins.items())]
+    result = subprocess.run(["apt-get", "download", *wanted], cwd=directory, capture_output=True, text=True, check=False)
+    debs = {deb_field(deb, "Package"): deb for deb in directory.glob("*.deb")}
+    missing = sorted(set(pins) - set(debs))
+    if result.returncode != 0 or missing:
+        # apt's own error lines name the package: one it cannot locate, a version it lacks, a failed fetch.
+        errors = [line for line in result.stderr.splitlines() if line.startswith("E:")] or [f"no .deb for {missing}"]
+        raise DataError(f"apt-get download failed ({'; '.join(errors)}); check the network and the apt lists "
+                        f"(`sudo apt-get update` refreshes them), then rerun: {retry_command}")
+    return debs
 
 
-def deb_version(deb: Path) -> str:
-    return subprocess.run(["dpkg-deb", "--show", "--showformat=${Version}", str(deb)],
+def deb_field(deb: Path, field: str) -> str:
+    """One field of a .deb's control file (Package, Version, ...)."""
+    return subprocess.run(["dpkg-deb", "--show", f"--showformat=${{{field}}}", str(deb)],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -89,13 +93,10 @@ def unpack_packages(pins: Mapping[str, str | None], pattern: str, strip_prefix: 
         return recorded_versions(destination)
     versions = {}
     with atomic_directory(destination) as scratch, tempfile.TemporaryDirectory() as downloads:
-        for package, version in sorted(pins.items()):
-            download_dir = Path(downloads) / package
-            download_dir.mkdir()
-            deb = download_deb(package, version, download_dir, retry_command)
+        for package, deb in sorted(download_debs(pins, Path(downloads), retry_command).items()):
             if not unpack_members(deb, pattern, strip_prefix, scratch):
                 raise DataError(f"Debian package {package!r} ({deb.name}) has no file matching {pattern}")
-            versions[package] = deb_version(deb)
+            versions[package] = deb_field(deb, "Version")
         write_json(scratch / VERSIONS_FILE, versions)
     return versions
 

@@ -29,13 +29,14 @@ from neft.data.debian import recorded_versions, run_unpack, unpack_packages
 from neft.data.records import DataError, Example, subsample, translation_example
 
 SPLITS = ("train", "valid", "test")
-# The Debian 12 version of each package of task=gettext-en-zh that is unpacked: the committed En->Zh
-# results were prepared from catalogs with these bytes (PostgreSQL 15.20 changed its translations).
-# A package of the task missing here is unpacked at apt's candidate version.
+# The Debian 12 version of each package of task=gettext-en-zh that is unpacked: the one the committed
+# En->Zh results were prepared from where the mirror still has it, else the oldest one it has, whose
+# zh_CN catalogs have the same sha256 (PostgreSQL 15.20 did change its translations, so 15.18 is
+# pinned). A package of the task missing here is unpacked at apt's candidate version.
 PINNED_VERSIONS = {
     "adduser": "3.134",
     "appstream": "0.16.1-2+b1",
-    "apt": "2.6.2",
+    "apt": "2.6.1",
     "bash": "5.2.15-2+b13",
     "binutils-common": "2.40-2",
     "coreutils": "9.1-1",
@@ -46,7 +47,7 @@ PINNED_VERSIONS = {
     "git": "1:2.39.5-0+deb12u3",
     "gnupg-l10n": "2.2.40-1.1+deb12u2",
     "gsettings-desktop-schemas": "43.0-1",
-    "libapt-pkg6.0": "2.6.2",
+    "libapt-pkg6.0": "2.6.1",
     "libc-l10n": "2.36-9+deb12u14",
     "libgdk-pixbuf2.0-common": "2.42.10+dfsg-1+deb12u4",
     "libglib2.0-data": "2.74.6-2+deb12u9",
@@ -63,7 +64,7 @@ PINNED_VERSIONS = {
     "postgresql-client-15": "15.18-0+deb12u1",
     "procps": "2:4.0.2-3",
     "sed": "4.9-1+deb12u1",
-    "systemd": "252.39-1~deb12u2",
+    "systemd": "252.38-1~deb12u1",
     "tar": "1.34+dfsg-1.2+deb12u1",
     "wget": "1.21.3-1+deb12u1",
     "xz-utils": "5.4.1-1+deb12u2",
