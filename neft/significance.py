@@ -208,7 +208,10 @@ def _clustered_resample_counts(ids_per_seed: Sequence[Sequence[object]], samples
     draws = np.random.default_rng(_sacrebleu_seed()).choice(len(union), size=(samples, len(union)), replace=True)
     counts = np.zeros((samples, len(union)))
     np.add.at(counts, (np.arange(samples)[:, None], draws), 1)
-    return [counts[:, union.get_indexer(ids)] for ids in ids_per_seed]
+    per_seed = [counts[:, union.get_indexer(ids)] for ids in ids_per_seed]
+    if any((seed_counts.sum(1) == 0).any() for seed_counts in per_seed):  # its corpus score would be undefined
+        raise ValueError("a resample drew none of one seed's segments: each seed needs more of the test segments")
+    return per_seed
 
 
 def seed_t_test(differences: Sequence[float] | np.ndarray) -> tuple[float | None, float | None, float | None]:
