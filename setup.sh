@@ -43,5 +43,5 @@ fi
 # unpacked into ~/.cache/neft, at pinned versions; nothing is installed. The Bible modules are the
 # default task's; the zh_CN catalogs are task=gettext-en-zh's. A package apt cannot reach stops
 # the set-up with one line naming it and the command to rerun.
-.venv/bin/python -m neft.data.bible >/dev/null
-.venv/bin/python -m neft.data.gettext >/dev/null
+.venv/bin/python -m neft.data.debian bible >/dev/null
+.venv/bin/python -m neft.data.debian gettext >/dev/null

@@ -70,7 +70,7 @@ def test_a_malformed_catalog_is_named(tmp_path):
 
 def test_a_missing_catalog_names_the_unpack_and_the_apt_command(tmp_path):
     with pytest.raises(DataError, match=rf"package\(s\) \['git'\]; unpack them there, no root needed: "
-                                        rf"python -m neft.data.gettext task.locale_dir={re.escape(str(tmp_path))}; "
+                                        rf"python -m neft.data.debian gettext task.locale_dir={re.escape(str(tmp_path))}; "
                                         r"or, as root, install them with: apt-get install -y --no-install-recommends git$"):
         package_messages({"git": ["git"]}, tmp_path, "zh_CN", min_words=6)
 

@@ -13,7 +13,7 @@ import pytest
 
 from neft.config import compose_params, parse_config
 from neft.data import bible, debian
-from neft.data.gettext import catalog_path, unpack_catalogs
+from neft.data.gettext import catalog_path
 from neft.data.records import DataError
 from stages.prepare_data import prepare_data
 
@@ -81,7 +81,7 @@ def test_unpacked_catalogs_prepare_the_same_bytes_as_installed_ones(monkeypatch,
 
     monkeypatch.setattr(debian, "download_debs", download)
     cache = tmp_path / "cache"
-    assert unpack_catalogs(list(REACHABLE), "zh_CN", cache) == {package: installed_version(package) for package in REACHABLE}
+    assert debian.unpack_catalogs(list(REACHABLE), "zh_CN", cache) == {package: installed_version(package) for package in REACHABLE}
     assert sorted(path.relative_to(cache).as_posix() for path in cache.rglob("*") if path.is_file()) == [
         "packages.json", *sorted(f"zh_CN/LC_MESSAGES/{package}.mo" for package in REACHABLE)]
 
@@ -96,8 +96,8 @@ def test_unpacked_catalogs_prepare_the_same_bytes_as_installed_ones(monkeypatch,
     assert prepared["unpacked"] == prepared["installed"]  # the manifest's versions and sha256s included
 
 
-@pytest.mark.parametrize("module", ["neft.data.gettext", "neft.data.bible"])
-def test_an_unreachable_package_stops_with_one_line_and_exit_2(module, tmp_path):
+@pytest.mark.parametrize("target", ["gettext", "bible"])
+def test_an_unreachable_package_stops_with_one_line_and_exit_2(target, tmp_path):
     # An apt-get that cannot reach the mirror; HOME moves the cache so nothing is already unpacked.
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -105,11 +105,12 @@ def test_an_unreachable_package_stops_with_one_line_and_exit_2(module, tmp_path)
     (fake_bin / "apt-get").write_text(f"#!/bin/sh\necho '{failure}' >&2\nexit 100\n")
     (fake_bin / "apt-get").chmod(0o755)
     environment = {**os.environ, "HOME": str(tmp_path), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run([sys.executable, "-m", module], cwd=ROOT, env=environment, capture_output=True, text=True, check=False)
+    result = subprocess.run([sys.executable, "-m", "neft.data.debian", target], cwd=ROOT, env=environment,
+                            capture_output=True, text=True, check=False)
     assert result.returncode == 2, result.stderr
     assert result.stdout == "" and result.stderr.count("\n") == 1
     assert re.fullmatch(rf"error: apt-get download failed \({re.escape(failure)}\); check the network .*, "
-                        rf"then rerun: python -m {module}\b.*\n", result.stderr)
+                        rf"then rerun: python -m neft.data.debian {target}\b.*\n", result.stderr)
     assert not [path for path in (tmp_path / ".cache/neft").rglob("*") if path.is_file()]  # nothing half-unpacked
 
 
@@ -117,3 +118,9 @@ def test_a_package_apt_does_not_know_is_named(tmp_path):
     with pytest.raises(DataError, match=r"^apt-get download failed \(E: Unable to locate package no-such-package-neft\); .*rerun: RETRY$"):
         debian.unpack_packages({"no-such-package-neft": None}, "*", "", tmp_path / "cache", "RETRY")
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_unknown_target_prints_the_usage_and_exits_2():
+    result = subprocess.run([sys.executable, "-m", "neft.data.debian", "hymns"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stderr) == (2, "error: usage: python -m neft.data.debian bible | gettext "
+                                                      "[hydra overrides of task=gettext-en-zh]\n")

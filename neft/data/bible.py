@@ -1,7 +1,7 @@
 """English-Spanish Bible translation data from SWORD modules.
 
-The modules are data: `python -m neft.data.bible` unpacks them from the sword-text-* .deb files into
-a cache (neft.data.debian; no install, no root). The verses come from `mod2imp` (libsword-utils),
+The modules are data: set-up unpacks them from the sword-text-* .deb files into a cache
+(`python -m neft.data.debian bible`; no install, no root). The verses come from `mod2imp` (libsword-utils),
 which prints a module as "$$$<Book> <chapter>:<verse>" records of raw OSIS markup; it is the one
 package installed, as a program: SWORD's compressed module format has no other reader here. Verses
 are paired by reference, and valid/test hold out whole books, so no test verse shares a passage (and
@@ -16,13 +16,13 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
-from neft.data.debian import CACHE_ROOT, run_unpack, unpack_packages
 from neft.data.records import DataError, Example, subsample
 
 INSTALL_COMMAND = "apt-get install -y --no-install-recommends libsword-utils"
-UNPACK_COMMAND = "python -m neft.data.bible"
-SWORD_DIR = CACHE_ROOT / "sword"  # mods.d/ and modules/, as under /usr/share/sword
+UNPACK_COMMAND = "python -m neft.data.debian bible"
+SWORD_DIR = Path("~/.cache/neft/sword")  # mods.d/ and modules/, as under /usr/share/sword
 # The Debian 12 packages of the two modules, at the versions the committed results were made from.
 PINNED_VERSIONS = {"sword-text-sparv": "2.60-1", "sword-text-web": "426.0-1"}
 SPLITS = ("train", "valid", "test")
@@ -62,11 +62,6 @@ _ENCLITICS = frozenset({"me", "te", "se", "le", "lo", "la", "nos", "os", "les", 
 _CONJUNCTIONS = frozenset({"y", "e", "o", "u", "ni", "que"})
 _BREAK = "\x00"
 _SPACE_BEFORE_CLOSER = re.compile(r" (?=[,.;:!?”])")
-
-
-def unpack_modules() -> dict[str, str]:
-    """Unpack the SWORD module trees of PINNED_VERSIONS' packages into SWORD_DIR; {package: version}."""
-    return unpack_packages(PINNED_VERSIONS, "usr/share/sword/*", "usr/share/sword", SWORD_DIR, UNPACK_COMMAND)
 
 
 def _mod2imp_environment() -> dict[str, str]:
@@ -298,6 +293,3 @@ def build_bible_splits(
         for split, rows in splits.items()
     }
 
-
-if __name__ == "__main__":
-    run_unpack(unpack_modules)  # setup.sh runs it; no root needed

@@ -1,10 +1,14 @@
-"""Data files from Debian packages, unpacked into a cache rather than installed.
+"""Task data from Debian packages, unpacked into a cache rather than installed (set-up runs it).
+
+    python -m neft.data.debian bible                     # the SWORD modules -> ~/.cache/neft/sword
+    python -m neft.data.debian gettext [overrides]       # task=gettext-en-zh's catalogs -> task.locale_dir
 
 Some task data ships in Debian packages (SWORD Bible modules, gettext catalogs). Installing them
 needs root and runs their maintainer scripts (a database server, init and PAM changes, for a few
 `.mo` files), so instead `apt-get download` fetches each `.deb` (no root; it reads the machine's
 apt lists) and only the wanted members of its file tree are unpacked into a directory of ours,
-next to a `packages.json` that records the version of every package unpacked. A package may be
+next to a `packages.json` that records the version of every package unpacked. The readers
+(neft.data.bible, neft.data.gettext) only read the cache, so a pipeline stage never downloads. A package may be
 pinned to a version, so that every machine unpacks the bytes that the committed results were made
 from; `apt-get download` then fails once the mirror drops that version (snapshot.debian.org keeps it).
 
@@ -21,16 +25,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+from neft.data import bible, gettext
 from neft.data.records import DataError
 from neft.errors import UserError
 from neft.io import atomic_directory, write_json
 
-CACHE_ROOT = Path("~/.cache/neft")
-VERSIONS_FILE = "packages.json"
+VERSIONS_FILE = gettext.UNPACKED_VERSIONS_FILE  # where the gettext reader takes package versions from
 USER_ERROR_EXIT = 2  # the stages' exit status for a user error (stages/_common.py)
+TARGETS = ("bible", "gettext")
 
 
 def recorded_versions(destination: Path) -> dict[str, str] | None:
@@ -101,11 +106,39 @@ def unpack_packages(pins: Mapping[str, str | None], pattern: str, strip_prefix: 
     return versions
 
 
-def run_unpack(unpack: Callable[[], dict[str, str]]) -> None:
-    """Command-line entry point: run `unpack`, print what it holds; a user error is one line, exit 2."""
+def unpack_modules() -> dict[str, str]:
+    """Unpack the SWORD module trees of the Bible task's pinned packages into bible.SWORD_DIR."""
+    return unpack_packages(bible.PINNED_VERSIONS, "usr/share/sword/*", "usr/share/sword", bible.SWORD_DIR,
+                           bible.UNPACK_COMMAND)
+
+
+def unpack_catalogs(packages: Sequence[str], language: str, locale_dir: Path) -> dict[str, str]:
+    """Unpack the `language` catalogs of `packages`, at their pinned versions, into `locale_dir`."""
+    pins = {package: gettext.PINNED_VERSIONS.get(package) for package in packages}
+    return unpack_packages(pins, f"usr/share/locale/{language}/LC_MESSAGES/*.mo", "usr/share/locale",
+                           locale_dir, gettext.unpack_command(locale_dir))
+
+
+def unpack_target(target: str, overrides: Sequence[str]) -> dict[str, str]:
+    if target not in TARGETS or (overrides and target == "bible"):
+        raise UserError("usage: python -m neft.data.debian bible | gettext [hydra overrides of task=gettext-en-zh]")
+    if target == "bible":
+        return unpack_modules()
+    from neft.config import compose_config  # loads torch: only where the task config is needed
+
+    task = compose_config(["task=gettext-en-zh", *overrides]).task
+    return unpack_catalogs(list(task.packages), task.language, Path(task.locale_dir))
+
+
+def main(arguments: Sequence[str]) -> None:
+    """Unpack one target and print {package: version}; a user error is one line and exit 2."""
     try:
-        versions = unpack()
+        versions = unpack_target(arguments[0] if arguments else "", arguments[1:])
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     print(json.dumps(versions, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,9 +1,9 @@
 """English -> Chinese software messages from the gettext catalogs of Debian packages.
 
 A package's zh_CN catalog (`<locale_dir>/zh_CN/LC_MESSAGES/<domain>.mo`) maps each English message
-(msgid) to its translation (msgstr). The task's `locale_dir` is a cache that
-`python -m neft.data.gettext` fills from the packages' `.deb` files without installing them
-(neft.data.debian); a directory of installed catalogs (/usr/share/locale) reads the same. polib
+(msgid) to its translation (msgstr). The task's `locale_dir` is a cache that set-up fills from the
+packages' `.deb` files without installing them (`python -m neft.data.debian gettext`); a directory
+of installed catalogs (/usr/share/locale) reads the same. polib
 reads the compiled catalogs. Kept are translated, non-fuzzy, singular messages that read like
 sentences: at least `min_words` words, one line, no printf (`%s`) or brace (`{name}`) placeholders,
 and a translation that contains Chinese. Runs of whitespace (option help aligns columns with them)
@@ -17,18 +17,19 @@ is kept once, in the split that comes first of test, valid, train.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neft.data.debian import recorded_versions, run_unpack, unpack_packages
 from neft.data.records import DataError, Example, subsample, translation_example
 
 SPLITS = ("train", "valid", "test")
+# Written next to the catalogs that neft.data.debian unpacks: {package: version}.
+UNPACKED_VERSIONS_FILE = "packages.json"
 # The Debian 12 version of each package of task=gettext-en-zh that is unpacked: the one the committed
 # En->Zh results were prepared from where the mirror still has it, else the oldest one it has, whose
 # zh_CN catalogs have the same sha256 (PostgreSQL 15.20 did change its translations, so 15.18 is
@@ -78,7 +79,7 @@ def install_command(packages: Sequence[str]) -> str:
 
 
 def unpack_command(locale_dir: Path) -> str:
-    return f"python -m neft.data.gettext task.locale_dir={locale_dir}"
+    return f"python -m neft.data.debian gettext task.locale_dir={locale_dir}"
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,9 @@ def split_by_package(
 def package_versions(packages: Sequence[str], locale_dir: Path) -> dict[str, str]:
     """Debian version of each package: as recorded when its catalogs were unpacked into
     `locale_dir`, else the installed one (empty where dpkg does not know it)."""
-    unpacked = recorded_versions(locale_dir)
-    if unpacked is not None:
+    record = Path(locale_dir).expanduser() / UNPACKED_VERSIONS_FILE
+    if record.is_file():
+        unpacked = json.loads(record.read_text())
         return {package: unpacked.get(package, "") for package in sorted(packages)}
     versions = {}
     for package in sorted(packages):
@@ -206,21 +208,3 @@ def build_gettext_splits(
         examples[split] = subsample(items, max_examples[split], seed)
     return examples
 
-
-def unpack_catalogs(packages: Sequence[str], language: str, locale_dir: Path) -> dict[str, str]:
-    """Unpack the `language` catalogs of `packages` (at their pinned versions) from their .deb files
-    into `locale_dir`; {package: version}."""
-    pins = {package: PINNED_VERSIONS.get(package) for package in packages}
-    return unpack_packages(pins, f"usr/share/locale/{language}/LC_MESSAGES/*.mo", "usr/share/locale",
-                           locale_dir, unpack_command(locale_dir))
-
-
-if __name__ == "__main__":
-    # Usage: python -m neft.data.gettext [hydra overrides]   (setup.sh runs it; no root needed)
-    from neft.config import compose_config
-
-    def unpack_task_catalogs() -> dict[str, str]:
-        task = compose_config(["task=gettext-en-zh", *sys.argv[1:]]).task
-        return unpack_catalogs(list(task.packages), task.language, Path(task.locale_dir))
-
-    run_unpack(unpack_task_catalogs)
