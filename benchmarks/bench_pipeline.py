@@ -36,7 +36,7 @@ import yaml
 
 from neft import OFFLINE_ENVIRONMENT
 from neft.analysis import jaccard
-from neft.artifacts import MASK_FILE, train_log_dir
+from neft.artifacts import MASK_FILE, candidate_run, train_log_dir
 from neft.config import PROBE_KINDS, compose_params
 from neft.masks import load_mask
 
@@ -57,7 +57,8 @@ def run_stage(directory: Path, stage: str, *args: str) -> dict[str, Any]:
     name = " ".join([stage, *args])
     row = {"stage": name, "seconds": round(seconds, 1), "process_peak_mb": round(usage.ru_maxrss * 1024 / MB, 1)}
     if stage == "train":
-        summary = json.loads((directory / train_log_dir(args[0]) / "summary.json").read_text())
+        run = args[0] if len(args) == 1 else candidate_run(args[0], float(args[1]))
+        summary = json.loads((directory / train_log_dir(run) / "summary.json").read_text())
         row["training_window_peak_mb"] = summary["peak_memory_mb"]
     return row
 
@@ -80,7 +81,9 @@ def measure(directory: Path, params: dict[str, Any], probe_kinds: list[str],
         rows = [run_stage(directory, "train", "probe"), run_stage(directory, "score"), run_stage(directory, "mask")]
         masks[probe_kind] = load_mask(directory / MASK_FILE)
         if probe_kind == "full":  # the NeFT step and the baselines are the same whichever probe chose the mask
-            training = {method: run_stage(directory, "train", method) for method in ("neft", "lora", "full")}
+            # Each method at the first rate of its grid: the rate does not change what a step costs.
+            training = {method: run_stage(directory, "train", method, str(params["methods"][method]["learning_rates"][0]))
+                        for method in ("neft", "lora", "full")}
             stages += [{**row, "probe_kind": "-"} for row in training.values()]
         stages += [{**row, "probe_kind": probe_kind} for row in rows]
         methods.append(("neft", probe_kind, [*rows, training["neft"]]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from neft.errors import UserError
 from neft.io import read_json
 from neft.masks import MaskError, ModelShape
 
@@ -28,8 +29,36 @@ ANALYSIS_DIR = REPORTS_DIR / "analysis"
 CHECKPOINTS_DIR = Path("checkpoints")
 
 
+# Each method's rate choice (stage select): every candidate's validation loss and the chosen run, for
+# the report; and apart, the chosen run and its weights' fingerprint alone, which is all that
+# evaluation, export and analysis depend on (so a rate added to a grid that does not win reruns none).
+SELECTION_DIR = REPORTS_DIR / "selection"
+
+
+def candidate_run(method: str, learning_rate: float) -> str:
+    """The training run of `method` at one rate of its grid, e.g. "neft/lr0.001". The rate is written
+    as Python's str(float), as DVC writes `${item}` of the grid, so both name the same directories."""
+    return f"{method}/lr{learning_rate}"
+
+
+def selection_file(method: str) -> Path:
+    return SELECTION_DIR / f"{method}.json"
+
+
+def chosen_file(method: str) -> Path:
+    return Path("artifacts/chosen") / f"{method}.json"
+
+
+def chosen_run(method: str) -> str:
+    """The candidate run that validation loss chose for `method` (written by stage select)."""
+    path = chosen_file(method)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run the select stage first (dvc repro select)")
+    return read_json(path)["run"]
+
+
 def weights_dir(run: str) -> Path:
-    """Trained weights of a run: the probe's model, or a method's model, delta or adapter."""
+    """Trained weights of a run: the probe's model, or a candidate's model, delta or adapter."""
     return PROBE_DIR if run == "probe" else Path("artifacts/train") / run
 
 

@@ -125,7 +125,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    learning_rate: float = field(metadata=POSITIVE)
+    # The rates this method trains at (one training run each); the lowest validation loss chooses
+    # among them (neft.selection), and only the chosen run is evaluated on the test split.
+    learning_rates: tuple[float, ...] = field(metadata=_check(
+        lambda v: bool(v) and all(r > 0 and math.isfinite(r) for r in v) and len(set(v)) == len(v),
+        "a non-empty list of distinct numbers > 0"))
 
 
 @dataclass(frozen=True)

@@ -66,17 +66,26 @@ def made_for_other_params(params: dict[str, Any], metrics: dict[str, Any]) -> li
     """
     expected = {("mask", "ratio"): params["ratio"], ("mask", "strategy"): params["mask"]["strategy"]}
     for method, settings in params["methods"].items():
-        expected |= {(method, "learning_rate"): settings["learning_rate"], (method, "steps"): params["train"]["steps"],
+        expected |= {(method, "learning_rate"): learning_rate_grid(settings), (method, "steps"): params["train"]["steps"],
                      (method, "seed"): params["seed"]}
     found = []
     for (section, key), wanted in expected.items():
         recorded = (metrics.get(section) or {}).get(key)
         if recorded is None:
             continue
-        same = math.isclose(recorded, wanted, rel_tol=1e-9) if isinstance(wanted, float) else recorded == wanted
+        if isinstance(wanted, tuple):  # the chosen rate must be one of the grid's
+            same = any(math.isclose(recorded, rate, rel_tol=1e-9) for rate in wanted)
+            wanted = wanted[0] if len(wanted) == 1 else list(wanted)
+        else:
+            same = math.isclose(recorded, wanted, rel_tol=1e-9) if isinstance(wanted, float) else recorded == wanted
         if not same:
             found.append(f"{section}.{key} = {recorded!r}, params say {wanted!r}")
     return found
+
+
+def learning_rate_grid(settings: dict[str, Any]) -> tuple[float, ...]:
+    """A method's rates in an experiment's params: its grid, or the one rate of runs made before grids."""
+    return tuple(settings["learning_rates"]) if "learning_rates" in settings else (settings["learning_rate"],)
 
 
 def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = False) -> pd.DataFrame:
@@ -114,7 +123,9 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
                 "steps": params["train"]["steps"],
                 "seed": params["seed"],
                 "method": method,
-                "learning_rate": params["methods"][method]["learning_rate"] if method in params["methods"] else None,
+                # The rate the run was made at: the one validation loss chose from the grid (recorded in metrics.json).
+                "learning_rate": (metrics[method].get("learning_rate", learning_rate_grid(params["methods"][method])[0])
+                                  if method in params["methods"] else None),
                 **metrics[method],
                 **tests,
             })

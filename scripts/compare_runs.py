@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from mask_overlap import experiment_commits
-from neft.artifacts import BUDGET_FILE
+from neft.artifacts import BUDGET_FILE, selection_file, train_log_dir
 from neft.comparison import (
     RunOutputs,
     layer_distribution,
@@ -61,6 +61,12 @@ def read_budget_at(revision: str) -> int:
     return json.loads(read_text(str(BUDGET_FILE), revision))["trainable_parameters"]
 
 
+def chosen_run_at(method: str, revision: str) -> str:
+    """The run of `method` that a revision evaluated: its chosen rate's, or, before rate grids, the method's one run."""
+    selection = read_summary(str(selection_file(method)), revision)
+    return selection["chosen"]["run"] if selection else method
+
+
 def load_run(name: str, commits: dict[str, str], with_predictions: bool, method: str = "neft") -> RunOutputs:
     """`method`: whose predictions the comparison reads (the run's NeFT, or its matched LoRA)."""
     revision = commits.get(name, name)
@@ -69,7 +75,7 @@ def load_run(name: str, commits: dict[str, str], with_predictions: bool, method:
         predictions = pd.read_json(io.StringIO(read_text(f"reports/eval/{method}/predictions.jsonl", revision)), lines=True, dtype=False)
     params = yaml.safe_load(read_text("params.yaml", revision))
     probe = read_summary("reports/train/probe/summary.json", revision)
-    lora = read_summary("reports/train/lora/summary.json", revision)
+    lora = read_summary(f"{train_log_dir(chosen_run_at('lora', revision))}/summary.json", revision)
     return RunOutputs(
         name=name if method == "neft" else f"{name} ({method})",  # how the pairs name this side
         mask=mask_from_json(json.loads(read_text("artifacts/mask/mask.json", revision))),

@@ -19,10 +19,10 @@ if not sys.stderr.isatty():  # logs stay readable under dvc repro and CI; tqdm b
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int = 0) -> None:
+def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int | tuple[int, ...] = 0) -> None:
     """Run `work(*args, config)`, print its summary as JSON; a user error exits 2 with one clear line."""
     args = sys.argv[1:]
-    if len(args) != argc:
+    if len(args) not in ((argc,) if isinstance(argc, int) else argc):
         print(f"usage: python -m {sys.modules['__main__'].__spec__.name} {usage}".rstrip(), file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     try:

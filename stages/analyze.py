@@ -20,7 +20,7 @@ from neft.analysis import (
     plot_selection_heatmap,
     trained_flags,
 )
-from neft.artifacts import ANALYSIS_DIR, BASE_MODEL_DIR, DATA_DIR, MASK_FILE, SCORES_FILE, read_model_shape, weights_dir
+from neft.artifacts import ANALYSIS_DIR, BASE_MODEL_DIR, DATA_DIR, MASK_FILE, SCORES_FILE, chosen_run, read_model_shape, weights_dir
 from neft.config import Config, resolve_device
 from neft.data.records import read_jsonl
 from neft.io import atomic_directory, write_json
@@ -49,7 +49,7 @@ def analyze(config: Config, out_dir: Path = ANALYSIS_DIR) -> dict[str, Any]:
     dtype = torch_dtype(config.model.dtype)
     device = resolve_device(config.runtime)
     utilisation = {}
-    for name, weights in (("base", None), ("neft", weights_dir("neft"))):
+    for name, weights in (("base", None), ("neft", weights_dir(chosen_run("neft")))):
         model = load_trained_model(name, BASE_MODEL_DIR, weights, dtype).to(device)
         means = layer_mean_hidden_states(model, batches)
         utilisation[name] = {kind: neuron_utilisation(model, means, kind).cpu().numpy() for kind in mask.indices}

@@ -1,6 +1,7 @@
 """Stage evaluate@METHOD: greedy generation on the test split, BLEU/chrF or ROUGE.
 
 Usage: python -m stages.evaluate METHOD   (METHOD in base, full, neft, lora; writes reports/eval/METHOD/)
+A trained method is evaluated at the rate that validation loss chose for it (stage select) only.
 With `runtime.processes` > 1 it reruns itself under torchrun; the ranks share the generation batches.
 """
 
@@ -12,7 +13,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, eval_dir, weights_dir
+from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, chosen_run, eval_dir, weights_dir
 from neft.config import Config, ConfigError, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.distributed import Ranks, process_group, rank_device, relaunched
@@ -40,7 +41,7 @@ def _evaluate(method: str, config: Config, ranks: Ranks, device: torch.device) -
     task = config.task
     examples = read_jsonl(DATA_DIR / "test.jsonl")
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
-    trained = None if method == "base" else weights_dir(method)
+    trained = None if method == "base" else weights_dir(chosen_run(method))
     model = load_trained_model(method, BASE_MODEL_DIR, trained, torch_dtype(config.model.dtype)).to(device)
     start = time.perf_counter()
     predictions = generate_greedy(

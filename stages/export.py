@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from neft.artifacts import BASE_MODEL_DIR, export_dir, weights_dir
+from neft.artifacts import BASE_MODEL_DIR, chosen_run, export_dir, weights_dir
 from neft.config import Config, ConfigError
 from neft.delta import load_delta
 from neft.export import export_lora_adapter
@@ -29,12 +29,13 @@ def export(method: str, config: Config) -> dict[str, Any]:
         raise ConfigError(f"unknown method {method!r}; choose one of {METHODS}")
     start = time.perf_counter()
     dtype = torch_dtype(config.model.dtype)
-    model = load_trained_model(method, BASE_MODEL_DIR, weights_dir(method), dtype)
-    summary: dict[str, Any] = {"method": method, "dtype": str(dtype).removeprefix("torch.")}
+    trained = weights_dir(chosen_run(method))
+    model = load_trained_model(method, BASE_MODEL_DIR, trained, dtype)
+    summary: dict[str, Any] = {"method": method, "run": chosen_run(method), "dtype": str(dtype).removeprefix("torch.")}
     with atomic_directory(export_dir(method)) as scratch:
         save_model(model, load_tokenizer(BASE_MODEL_DIR), scratch)
         if method == "neft":
-            ranks = export_lora_adapter(load_model(BASE_MODEL_DIR, dtype), load_delta(weights_dir(method)), scratch / LORA_ADAPTER)
+            ranks = export_lora_adapter(load_model(BASE_MODEL_DIR, dtype), load_delta(trained), scratch / LORA_ADAPTER)
             summary["lora_adapter"] = {"matrices": len(ranks), "max_rank": max(ranks.values()), "ranks": ranks}
         summary["seconds"] = round(time.perf_counter() - start, 1)
         write_json(scratch / "export_summary.json", summary)

@@ -1,10 +1,13 @@
-"""Stage train@RUN: the probe (a short full fine-tune) or one method: full, neft, lora.
+"""Stages probe and train_METHOD@RATE: the probe (a short fine-tune), or one method at one rate of its grid.
 
-Usage: python -m stages.train RUN         (RUN in probe, full, neft, lora)
-Writes artifacts/probe or artifacts/train/RUN (weights, delta or adapter) and reports/train/RUN
-(dvclive step logs and summary.json). The loop is the library's one `train`; runs differ only in
-which parameters train (`neft.methods.setup_method`) and how the result is saved. With
-`runtime.processes` > 1 the stage reruns itself under torchrun (neft.distributed).
+Usage: python -m stages.train probe
+       python -m stages.train METHOD RATE     (METHOD in full, neft, lora; dvc.yaml runs each RATE of
+                                               methods.METHOD.learning_rates; a one-rate grid needs none)
+Writes artifacts/probe or artifacts/train/METHOD/lrRATE (weights, delta or adapter) and
+reports/train/probe or reports/train/METHOD/lrRATE (dvclive step logs and summary.json). The loop is
+the library's one `train`; runs differ only in which parameters train (`neft.methods.setup_method`),
+how the result is saved, and the rate. With `runtime.processes` > 1 the stage reruns itself under
+torchrun (neft.distributed).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +24,17 @@ from typing import Any
 import torch
 from dvclive import Live
 
-from neft.artifacts import BASE_MODEL_DIR, BUDGET_FILE, DATA_DIR, MASK_FILE, checkpoint_dir, read_budget, train_log_dir, weights_dir
+from neft.artifacts import (
+    BASE_MODEL_DIR,
+    BUDGET_FILE,
+    DATA_DIR,
+    MASK_FILE,
+    candidate_run,
+    checkpoint_dir,
+    read_budget,
+    train_log_dir,
+    weights_dir,
+)
 from neft.config import Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
 from neft.data.records import read_jsonl
 from neft.distributed import Ranks, full_state_dict, process_group, rank_device, relaunched, wrap_for_training
@@ -38,7 +52,7 @@ from stages._common import run_stage
 
 
 def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableModel:
-    """The library's method set-up, with this pipeline's mask and budget."""
+    """The library's set-up of `run` (probe or a method), with this pipeline's mask and budget."""
     if run == "neft":
         mask = load_mask(MASK_FILE)
         validate_mask(mask, ModelShape.of(model))
@@ -69,35 +83,54 @@ def train_settings(config: Config, learning_rate: float, steps: int) -> TrainSet
     )
 
 
-def learning_rate_and_steps(run: str, config: Config) -> tuple[float, int]:
-    if run == "probe":
+def learning_rate_and_steps(method: str, rate: str | None, config: Config) -> tuple[float, int]:
+    """The probe's rate and steps, or `method`'s at `rate` (as the command line gives it: dvc.yaml passes
+    each rate of the grid, and the stage reads no grid, so a rate added to it reruns nothing else).
+    Without `rate`, a one-rate grid's rate."""
+    if method == "probe":
+        if rate is not None:
+            raise ConfigError(f"the probe trains at probe.learning_rate; drop the rate {rate!r}")
         return config.probe.learning_rate, config.probe.steps
-    return getattr(config.methods, run).learning_rate, config.train.steps
+    if rate is None:
+        grid = getattr(config.methods, method).learning_rates
+        if len(grid) > 1:
+            raise ConfigError(f"methods.{method}.learning_rates has {len(grid)} rates: give one, "
+                              f"python -m stages.train {method} RATE (dvc repro train_{method} runs them all)")
+        return grid[0], config.train.steps
+    try:
+        learning_rate = float(rate)
+    except ValueError:
+        learning_rate = math.nan
+    if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        raise ConfigError(f"the learning rate of {method} must be a number > 0, got {rate!r}")
+    return learning_rate, config.train.steps
 
 
-def train(run: str, config: Config) -> dict[str, Any]:
-    """Train one run (probe or a method), save its weights/delta/adapter, log steps with dvclive."""
-    if run not in TRAINING_RUNS:
-        raise ConfigError(f"unknown training run {run!r}; choose one of {TRAINING_RUNS}")
+def train(method: str, *args: str) -> dict[str, Any]:
+    """Train one run (the probe, or a method at one rate), save its weights/delta/adapter, log steps with dvclive."""
+    *rate, config = args
+    if method not in TRAINING_RUNS:
+        raise ConfigError(f"unknown training run {method!r}; choose one of {TRAINING_RUNS}")
+    learning_rate, steps = learning_rate_and_steps(method, rate[0] if rate else None, config)
+    run = "probe" if method == "probe" else candidate_run(method, learning_rate)
     # Fail on a bad mask or budget before loading anything heavy.
-    if run == "neft":
+    if method == "neft":
         require_same(f"the mask {MASK_FILE}", load_mask(MASK_FILE).made_from.get("base_model"), model_fingerprint(BASE_MODEL_DIR),
                      f"the base model in {BASE_MODEL_DIR}")
-    if run == "lora":
+    if method == "lora":
         read_budget()
-    require_memory_fits(run, config)
+    require_memory_fits(method, config)
     # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
-    if (summary := relaunched(config.runtime, "stages.train", [run], train_log_dir(run) / "summary.json")) is not None:
+    if (summary := relaunched(config.runtime, "stages.train", [method, *rate], train_log_dir(run) / "summary.json")) is not None:
         return summary
-    learning_rate, steps = learning_rate_and_steps(run, config)
     settings = train_settings(config, learning_rate, steps)
     ranks = Ranks.from_environment()
     device = rank_device(resolve_device(config.runtime), ranks)
     with process_group(ranks, device):
-        return _train(run, config, ranks, device, learning_rate, steps, settings)
+        return _train(method, run, config, ranks, device, learning_rate, steps, settings)
 
 
-def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learning_rate: float, steps: int,
+def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.device, learning_rate: float, steps: int,
            settings: TrainSettings) -> dict[str, Any]:
     seed = config.seed
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
@@ -107,7 +140,7 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
     batch_size = config.train.batch_size
 
     torch.manual_seed(seed)
-    trainable, total = load_and_set_up(run, config, device)
+    trainable, total = load_and_set_up(method, config, device)
     sharded = ranks.distributed and config.runtime.strategy == "fsdp"
     log_dir = train_log_dir(run)
     # Everything this run's result depends on (params this stage reads, inputs): another checkpoint is not resumed.
@@ -115,12 +148,13 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
               "max_length": max_length, "dtype": config.model.dtype, "device": str(device),
               "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
     # Under FSDP a rank holds only its shards: checkpoints (rank 0's file) would not resume them.
-    checkpoints = Checkpoints(checkpoint_dir(run), 0 if sharded else config.train.checkpoint_every, run_fingerprint(run, recipe))
+    checkpoints = Checkpoints(checkpoint_dir(run), 0 if sharded else config.train.checkpoint_every,
+                              run_fingerprint(method, recipe))
     batches = map(ranks.shard, training_batches(train_items, batch_size, tokenizer.pad_token_id, seed))
     model_in_training, parameters = wrap_for_training(trainable.model, trainable.parameters, ranks, device, config.runtime.strategy)
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
         on_step = _dvclive_logger(live) if ranks.is_main else None
-        if run == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
+        if method == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
             result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
                                           on_step=on_step, description=run, ranks=ranks, micro_batches=settings.micro_batches)
         else:
@@ -129,6 +163,7 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
                                 on_step=on_step, description=run, checkpoints=checkpoints, ranks=ranks)
     summary = {
         "run": run,
+        "method": method,
         "seed": seed,
         "learning_rate": learning_rate,
         "steps": steps,
@@ -158,15 +193,15 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
     if sharded:  # gather the shards into an unsharded copy on rank 0, which saves it as one process would
         state = full_state_dict(model_in_training)
         if ranks.is_main:
-            trainable, _ = load_and_set_up(run, config, torch.device("cpu"))
+            trainable, _ = load_and_set_up(method, config, torch.device("cpu"))
             trainable.model.load_state_dict(state)
     if not ranks.is_main:  # every rank holds the same result; rank 0 writes it
         return summary
     with atomic_directory(weights_dir(run)) as scratch:
         trainable.save(scratch)
-        if run in ("probe", "full"):
-            record_fingerprint(scratch)
-        if run == "lora":
+        # The selection records the chosen run's fingerprint, so evaluation reruns exactly when its weights change.
+        summary["weights_sha256"] = record_fingerprint(scratch)
+        if method == "lora":
             write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
         write_json(scratch / "train_summary.json", summary)
     write_json(log_dir / "summary.json", summary)
@@ -174,33 +209,33 @@ def _train(run: str, config: Config, ranks: Ranks, device: torch.device, learnin
     return summary
 
 
-def require_memory_fits(run: str, config: Config) -> None:
+def require_memory_fits(method: str, config: Config) -> None:
     """On a GPU, refuse a run that the memory plan (neft.memory_plan) says will not fit in one
     process's GPU, with the plan, before anything loads or launches."""
     if resolve_device(config.runtime).type != "cuda":
         return
     architecture = model_architecture(config.model, BASE_MODEL_DIR)
-    row = plan_config(config, architecture, runs=[run], checkpointing=(config.train.gradient_checkpointing,))[0]
-    require_fits(row, torch.cuda.get_device_properties(0).total_memory, f"train@{run}")
+    row = plan_config(config, architecture, runs=[method], checkpointing=(config.train.gradient_checkpointing,))[0]
+    require_fits(row, torch.cuda.get_device_properties(0).total_memory, f"train@{method}")
 
 
-def load_and_set_up(run: str, config: Config, device: torch.device) -> tuple[TrainableModel, int]:
-    """The base model on `device`, set up for `run`, and its parameter count before adapters or deltas."""
+def load_and_set_up(method: str, config: Config, device: torch.device) -> tuple[TrainableModel, int]:
+    """The base model on `device`, set up for `method`, and its parameter count before adapters or deltas."""
     model = load_model(BASE_MODEL_DIR, torch_dtype(config.model.dtype)).to(device)
     if config.train.gradient_checkpointing:
         # Non-reentrant: recomputes NeFT's custom autograd function correctly, also under DDP and FSDP.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     total = count_parameters(model)
-    return setup_run(run, model, config), total
+    return setup_run(method, model, config), total
 
 
-def run_fingerprint(run: str, recipe: dict[str, Any]) -> str:
+def run_fingerprint(method: str, recipe: dict[str, Any]) -> str:
     """What a run is made of: its recipe and the identity (path, size, modification time) of every
     input file. Identity rather than content: hashing a 7B model's shards at every start would cost
     minutes, and DVC rewrites a changed input, which changes its modification time."""
     inputs = [DATA_DIR / "train.jsonl", DATA_DIR / "valid.jsonl", *sorted(BASE_MODEL_DIR.iterdir())]
-    inputs += {"neft": [MASK_FILE], "lora": [BUDGET_FILE]}.get(run, [])
+    inputs += {"neft": [MASK_FILE], "lora": [BUDGET_FILE]}.get(method, [])
     identity = [recipe] + [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in inputs]
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -215,4 +250,4 @@ def _dvclive_logger(live: Live) -> Callable[[int, dict[str, float]], None]:
 
 
 if __name__ == "__main__":
-    run_stage(train, usage="RUN", argc=1)
+    run_stage(train, usage="probe | METHOD RATE", argc=(1, 2))

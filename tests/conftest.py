@@ -76,6 +76,14 @@ def random_batch(vocab_size: int, batch: int = 4, length: int = 12, seed: int = 
 TINY = ["model=tiny-llama", "task=jsonl"]
 
 
+def run_name_of(name: str) -> str:
+    """The training run a stage writes on the tiny configuration: the probe, or a method at the one
+    rate of its grid (neft.artifacts.candidate_run)."""
+    from neft.artifacts import candidate_run
+
+    return "probe" if name == "probe" else candidate_run(name, getattr(compose_config(TINY).methods, name).learning_rates[0])
+
+
 @contextlib.contextmanager
 def inside(directory: Path):
     previous = Path.cwd()
@@ -114,6 +122,7 @@ def project(tmp_path_factory) -> tuple[Path, Config, dict[str, set[str]]]:
     from stages.prepare_model import prepare_model
     from stages.report import report
     from stages.score import score
+    from stages.select import select
     from stages.train import train
 
     directory = tmp_path_factory.mktemp("stages")
@@ -130,8 +139,9 @@ def project(tmp_path_factory) -> tuple[Path, Config, dict[str, set[str]]]:
         train("probe", recorded("probe"))
         score(recorded("score"))
         mask(recorded("mask"))
-        for method in ("full", "neft", "lora"):
-            train(method, recorded(f"train_{method}"))
+        for method in ("full", "neft", "lora"):  # the tiny model's grids have one rate each, passed as dvc.yaml does
+            train(method, str(getattr(config.methods, method).learning_rates[0]), recorded(f"train_{method}"))
+        select(recorded("select"))
         evaluate("base", recorded("evaluate_base"))
         for method in ("full", "neft", "lora"):
             evaluate(method, recorded(f"evaluate@{method}"))

@@ -39,7 +39,7 @@ MODELS = sorted(path.stem for path in (ROOT / "conf/model").glob("*.yaml"))
 def test_every_model_and_task_composes_into_a_valid_config(model, task):
     config = compose_config([f"model={model}", f"task={task}"])
     assert config.model.name == model and config.task.name == task
-    assert all(getattr(config.methods, method).learning_rate > 0 for method in ("full", "neft", "lora"))
+    assert all(rate > 0 for method in ("full", "neft", "lora") for rate in getattr(config.methods, method).learning_rates)
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -54,10 +54,12 @@ def test_every_task_source_has_a_builder():
     assert set(BUILDERS) == set(TASK_SOURCES)
 
 
-def test_gpu_models_follow_the_paper_hyperparameters():
+def test_gpu_models_search_rates_around_the_paper_hyperparameters():
     config = compose_config(["model=llama2-7b-chat", "task=wmt19-en-zh"])
     assert config.model.dtype == "bfloat16"
-    assert {getattr(config.methods, m).learning_rate for m in ("full", "neft", "lora")} == {2e-5}
+    # Full FT's grid brackets the paper's 2e-5; NeFT's and LoRA's reach higher, as they wanted on the models measured.
+    full, neft, lora = (getattr(config.methods, method).learning_rates for method in ("full", "neft", "lora"))
+    assert min(full) < 2e-5 < max(full) and min(neft) <= 2e-5 < max(neft) and min(lora) > 2e-5
     assert config.task.metric_options.bleu_tokenize == "zh"
 
 
@@ -106,6 +108,9 @@ def with_changes(**changes):
     ({"task__max_examples": {"train": 10}}, "task.max_examples.valid: missing"),
     ({"task__test_books": KeyError}, "task.test_books missing: task.source = 'sword' needs them"),
     ({"methods__lora__dropout": 1.0}, "methods.lora.dropout = 1.0: must be a number in [0, 1)"),
+    ({"methods__neft__learning_rates": []}, "methods.neft.learning_rates = []: must be a non-empty list of distinct numbers > 0"),
+    ({"methods__full__learning_rates": [1e-4, 1e-4]}, "methods.full.learning_rates = [0.0001, 0.0001]: must be a non-empty list"),
+    ({"methods__lora__learning_rates": [-1e-3]}, "methods.lora.learning_rates = [-0.001]: must be a non-empty list"),
     ({"train__batchsize": 8}, "train.batchsize: unknown key; train has ["),
 ])
 def test_each_mistake_names_the_key_the_value_and_what_is_allowed(changes, message):

@@ -58,6 +58,16 @@ def code_closure(module: str) -> set[str]:
     return {path.relative_to(ROOT).as_posix() for path in seen}
 
 
+def foreach_items(foreach: list | str) -> list:
+    """A foreach list as written, or `${a.b}` read from the committed params.yaml as DVC does."""
+    if isinstance(foreach, list):
+        return foreach
+    value = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in foreach.removeprefix("${").removesuffix("}").split("."):
+        value = value[key]
+    return value
+
+
 def stages() -> dict[str, dict]:
     """Every stage of dvc.yaml with foreach expanded: name -> {cmd, deps}."""
     expanded = {}
@@ -65,7 +75,7 @@ def stages() -> dict[str, dict]:
         if "foreach" not in stage:
             expanded[name] = stage
             continue
-        for item in stage["foreach"]:
+        for item in foreach_items(stage["foreach"]):
             body = yaml.safe_dump(stage["do"]).replace("${item}", str(item))
             expanded[f"{name}@{item}"] = yaml.safe_load(body)
     return expanded

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TINY, command_environment, inside, run
+from conftest import TINY, command_environment, inside, run, run_name_of
 from safetensors.torch import load_file
 
 from neft.artifacts import eval_dir, train_log_dir, weights_dir
@@ -27,6 +27,8 @@ from stages.evaluate import evaluate
 from stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 WEIGHTS = {"probe": "model.safetensors", "full": "model.safetensors", "neft": "neft_delta.safetensors",
            "lora": "adapter_model.safetensors"}
 CASES = {  # case: (training run, overrides)
@@ -46,6 +48,7 @@ CASES_UNDER_TORCHRUN = """
 import json, shutil, sys
 from pathlib import Path
 import torch
+from neft.artifacts import candidate_run, train_log_dir, weights_dir
 from neft.config import compose_params, parse_config
 from neft.distributed import Ranks, process_group
 from stages.evaluate import evaluate
@@ -57,16 +60,21 @@ with process_group(ranks, torch.device("cpu")):  # once for all cases: the stage
         config = parse_config(compose_params([*tiny, "runtime.processes=2", *overrides]))
         evaluate("neft", config) if name == "evaluate" else train(name, config)
         if ranks.is_main:
-            weights = "artifacts/probe" if name == "probe" else f"artifacts/train/{name}"
-            for written in ["reports/eval/neft"] if name == "evaluate" else [f"reports/train/{name}", weights]:
+            if name == "evaluate":
+                outputs = ["reports/eval/neft"]
+            else:
+                run = "probe" if name == "probe" else candidate_run(name, getattr(config.methods, name).learning_rates[0])
+                outputs = [str(train_log_dir(run)), str(weights_dir(run))]
+            for written in outputs:
                 shutil.copytree(written, out / case / written)
 """
 
 
 def outputs(directory: Path, name: str) -> tuple[list[float], dict[str, torch.Tensor], dict]:
-    losses = pd.read_csv(directory / train_log_dir(name) / "plots/metrics/loss.tsv", sep="\t")["loss"].tolist()
-    summary = json.loads((directory / train_log_dir(name) / "summary.json").read_text())
-    return losses, load_file(directory / weights_dir(name) / WEIGHTS[name]), summary
+    run = run_name_of(name)
+    losses = pd.read_csv(directory / train_log_dir(run) / "plots/metrics/loss.tsv", sep="\t")["loss"].tolist()
+    summary = json.loads((directory / train_log_dir(run) / "summary.json").read_text())
+    return losses, load_file(directory / weights_dir(run) / WEIGHTS[name]), summary
 
 
 def predictions_and_metrics(directory: Path) -> tuple[bytes, dict]:
@@ -94,7 +102,7 @@ def one_process(project, tmp_path_factory) -> Path:
                 shutil.copytree(eval_dir("neft"), out / case / eval_dir("neft"))
             else:
                 train(name, config)
-                for written in (train_log_dir(name), weights_dir(name)):
+                for written in (train_log_dir(run_name_of(name)), weights_dir(run_name_of(name))):
                     shutil.copytree(written, out / case / written)
     return out
 
@@ -176,7 +184,7 @@ def test_two_nodes_train_what_one_process_trains(one_process, project, tmp_path)
         overrides = [*TINY, "runtime.nodes=2", f"runtime.node_rank={node}", f"runtime.rendezvous=localhost:{port}"]
         (directory / "params.yaml").write_text(yaml.safe_dump(compose_params(overrides)))
         directories.append(directory)
-    untouched = (directories[1] / train_log_dir("neft") / "summary.json").read_bytes()
+    untouched = (directories[1] / train_log_dir(run_name_of("neft")) / "summary.json").read_bytes()
     nodes = [subprocess.Popen(["python", "-m", "stages.train", "neft"], cwd=directory, text=True, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, env=command_environment(directory, PYTHONPATH=str(ROOT)))
              for directory in directories]
@@ -184,7 +192,7 @@ def test_two_nodes_train_what_one_process_trains(one_process, project, tmp_path)
     assert [node.returncode for node in nodes] == [0, 0], printed
     assert '"processes": 2' in printed[0] and '"node_rank": 1' in printed[1]
     assert_trained_alike(one_process / "neft", directories[0], "neft", "ddp")
-    assert (directories[1] / train_log_dir("neft") / "summary.json").read_bytes() == untouched
+    assert (directories[1] / train_log_dir(run_name_of("neft")) / "summary.json").read_bytes() == untouched
 
 
 def test_several_nodes_need_a_rendezvous_and_a_node_rank_below_their_count():

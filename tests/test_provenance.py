@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY_ARCHITECTURE, inside, random_mask
 
-from neft.artifacts import BASE_MODEL_DIR, MASK_FILE, PROBE_DIR, SCORES_DIR, eval_dir, weights_dir
+from neft.artifacts import BASE_MODEL_DIR, MASK_FILE, PROBE_DIR, SCORES_DIR, chosen_run, eval_dir, weights_dir
 from neft.methods import load_trained_model, lora_finetuning, neft_finetuning, save_lora_adapter
 from neft.models import build_random_model
 from neft.provenance import ProvenanceError, model_fingerprint, record_fingerprint, write_made_from
@@ -64,12 +64,12 @@ def test_the_pipeline_records_what_each_artifact_was_made_from(project):
         made_from = {"base_model": base, "probe": probe}
         assert json.loads((SCORES_DIR / "summary.json").read_text())["made_from"] == made_from
         assert json.loads(MASK_FILE.read_text())["made_from"] == made_from
-        delta_config = json.loads((weights_dir("neft") / "neft_config.json").read_text())
+        delta_config = json.loads((weights_dir(chosen_run("neft")) / "neft_config.json").read_text())
         assert delta_config["base_fingerprint"] == base and len(delta_config["mask_fingerprint"]) == 64
-        assert json.loads((weights_dir("lora") / "made_from.json").read_text())["base_model"] == base
+        assert json.loads((weights_dir(chosen_run("lora")) / "made_from.json").read_text())["base_model"] == base
         for method in ("full", "neft", "lora"):
             weights = json.loads((eval_dir(method) / "metrics.json").read_text())["weights"]
-            assert weights == {"base_model": base, "trained": model_fingerprint(weights_dir(method))}
+            assert weights == {"base_model": base, "trained": model_fingerprint(weights_dir(chosen_run(method)))}
 
 
 def test_training_neft_on_a_mask_from_another_base_is_refused_before_any_work(project):

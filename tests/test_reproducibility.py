@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import TINY, inside, run
+from conftest import TINY, inside, run, run_name_of
 
 from neft.artifacts import checkpoint_dir, train_log_dir, weights_dir
 from neft.config import Config, compose_params, parse_config
@@ -50,10 +50,11 @@ def killed_in_subprocess(directory: Path, name: str, kill_at: int, when: str):
 
 
 def outcome(directory: Path, name: str) -> tuple[dict[str, bytes], list[float], dict]:
-    saved = {path.name: path.read_bytes() for path in sorted((directory / weights_dir(name)).iterdir())
+    run = run_name_of(name)
+    saved = {path.name: path.read_bytes() for path in sorted((directory / weights_dir(run)).iterdir())
              if path.name != "train_summary.json"}
-    losses = pd.read_csv(directory / train_log_dir(name) / "plots/metrics/loss.tsv", sep="\t")
-    summary = json.loads((directory / train_log_dir(name) / "summary.json").read_text())
+    losses = pd.read_csv(directory / train_log_dir(run) / "plots/metrics/loss.tsv", sep="\t")
+    summary = json.loads((directory / train_log_dir(run) / "summary.json").read_text())
     return saved, list(zip(losses["step"], losses["loss"], strict=True)), summary
 
 
@@ -75,12 +76,12 @@ def test_a_killed_stage_resumes_and_ends_as_an_uninterrupted_run(project, name, 
     config = checkpointing_config(directory)
     with inside(directory):
         train(name, config)  # uninterrupted, in this process
-    assert not (directory / checkpoint_dir(name)).exists(), "a finished stage removes its checkpoints"
+    assert not (directory / checkpoint_dir(run_name_of(name))).exists(), "a finished stage removes its checkpoints"
     uninterrupted = outcome(directory, name)
 
     killed = killed_in_subprocess(directory, name, kill_at, when)
     assert killed.returncode == -9, killed.stderr
-    assert (directory / checkpoint_dir(name) / "checkpoint.pt").is_file()
+    assert (directory / checkpoint_dir(run_name_of(name)) / "checkpoint.pt").is_file()
     run(["python", "-m", "stages.train", name], directory, PYTHONPATH=str(ROOT))  # `dvc repro` runs this command
     saved, losses, summary = outcome(directory, name)
     assert summary["resumed_from_step"] == resumes_at
@@ -88,14 +89,14 @@ def test_a_killed_stage_resumes_and_ends_as_an_uninterrupted_run(project, name, 
     assert losses == uninterrupted[1] and len(losses) == config.probe.steps if name == "probe" else config.train.steps
     assert (summary["first_loss"], summary["final_loss"], summary["best_step"], summary["best_valid_loss"]) == (
         uninterrupted[2]["first_loss"], uninterrupted[2]["final_loss"], uninterrupted[2]["best_step"], uninterrupted[2]["best_valid_loss"])
-    assert not (directory / checkpoint_dir(name)).exists()
+    assert not (directory / checkpoint_dir(run_name_of(name))).exists()
 
 
 # Artifacts a seed fixes, by the stage that writes them (timings live apart, in reports/cost.json).
 DETERMINED = {
     "score": ["artifacts/scores/scores.parquet"],
     "mask": ["artifacts/mask/mask.json", "artifacts/mask/summary.json"],
-    "train('neft'": ["artifacts/train/neft/neft_delta.safetensors", "artifacts/train/neft/neft_config.json"],
+    "train('neft'": [f"{weights_dir(run_name_of('neft'))}/{name}" for name in ("neft_delta.safetensors", "neft_config.json")],
     "evaluate('neft'": ["reports/eval/neft/predictions.jsonl"],
     "report(": ["reports/metrics.json", "reports/significance.csv"],
 }
@@ -140,9 +141,9 @@ def test_a_checkpoint_of_another_configuration_is_not_resumed(project, monkeypat
         with pytest.raises(Interrupted):
             train("neft", checkpointing_config(directory))
         monkeypatch.undo()
-        learning_rate = compose_params(TINY)["methods"]["neft"]["learning_rate"]
-        changed = train("neft", checkpointing_config(directory, **{"methods.neft.learning_rate": 2 * learning_rate}))
-        assert changed["resumed_from_step"] == 0 and not checkpoint_dir("neft").exists()
+        # Another rate is another run (its own checkpoint folder); another clipping norm is the same run, changed.
+        changed = train("neft", checkpointing_config(directory, **{"train.max_grad_norm": 0.5}))
+        assert changed["resumed_from_step"] == 0 and not checkpoint_dir(run_name_of("neft")).exists()
         with pytest.raises(Interrupted):
             monkeypatch.setattr(Checkpoints, "save", save_then_stop)
             train("neft", checkpointing_config(directory))
