@@ -1,6 +1,7 @@
-"""The comparison report's parts: one row per method (trainable share, quality, cost), NeFT's
-significance against each baseline, the metrics document DVC reads, and plots. `stages/report.py`
-reads the artifacts and writes them."""
+"""The comparison report's parts: the verdict (each method at its chosen rate, its score with a 95 %
+interval, its cost end to end, NeFT against each baseline in a plain word), one row per method, the
+rate search, NeFT's significance against each baseline, the metrics document DVC reads, and plots.
+`stages/report.py` reads the artifacts and writes them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from neft.config import MetricOptions
+from neft.selection import RateSelection
 from neft.significance import compare_predictions
 
 if TYPE_CHECKING:
@@ -25,6 +27,8 @@ COST_COLUMNS = ("learning_rate", "steps", "train_seconds", "seconds_per_step", "
 MADE_WITH = ("learning_rate", "steps", "seed")
 # (system, baseline): NeFT against each baseline on the same test segments.
 COMPARISONS = (("neft", "lora"), ("neft", "full"), ("neft", "base"))
+# A difference is called better or worse below this p-value, else within noise.
+ALPHA = 0.05
 
 
 def method_rows(metrics_reported: tuple[str, ...], evals: dict[str, dict[str, Any]], trains: dict[str, dict[str, Any]],
@@ -53,17 +57,20 @@ def significance_table(kind: str, predictions: dict[str, pd.DataFrame], options:
 
 
 def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_reported: tuple[str, ...],
-                     significance: pd.DataFrame) -> dict[str, Any]:
+                     significance: pd.DataFrame, selections: dict[str, RateSelection]) -> dict[str, Any]:
     """reports/metrics.json: `{method: {metric: value}}`, so DVC shows keys such as neft.bleu,
     neft.bleu_ci95 (half-width of the bootstrap 95 % interval), neft.valid_loss,
     significance.neft_vs_lora.bleu_p, and what each method and the mask were made with (neft.learning_rate,
-    neft.steps, neft.seed, mask.ratio, mask.strategy)."""
+    the rate validation loss chose, and neft.learning_rate_bracketed; neft.steps, neft.seed, mask.ratio,
+    mask.strategy)."""
     keep = ("trainable_percent", *metrics_reported, "valid_loss", *MADE_WITH)
     document: dict[str, Any] = {
         row["method"]: {name: _made_with(name, row[name]) if name in MADE_WITH else _plain(row[name])
                         for name in keep if pd.notna(row[name])}
         for row in table.to_dict("records")
     }
+    for method, selection in selections.items():
+        document[method]["learning_rate_bracketed"] = selection.bracketed
     # The ties say whether the scores resolved the ranking (issue 9): 1 tied, 0 by tie-break when they do.
     mask_keys = ("ratio", "strategy", "num_neurons", "trainable_percent", "tied_at_cutoff", "decided_by_tiebreak")
     document["mask"] = {name: mask_summary[name] for name in mask_keys}
@@ -77,12 +84,61 @@ def metrics_document(table: pd.DataFrame, mask_summary: dict[str, Any], metrics_
     return document
 
 
-def cost_document(table: pd.DataFrame) -> dict[str, Any]:
-    """reports/cost.json: each trained method's training time and peak memory. Apart from
-    metrics.json, whose bytes a seed fixes; these are measurements and differ between runs."""
-    columns = ("train_seconds", "seconds_per_step", "peak_memory_mb")
-    return {row["method"]: {name: _plain(row[name]) for name in columns if pd.notna(row[name])}
-            for row in table.to_dict("records") if row["method"] != "base"}
+def cost_document(trains: dict[str, dict[str, Any]], probe: dict[str, Any], searches: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """reports/cost.json: what each method cost. Apart from metrics.json, whose bytes a seed fixes;
+    these are measurements and differ between runs. `end_to_end` is the chosen run's training, with
+    the probe's for NeFT (its score and mask stages take seconds); `search` adds every rate tried."""
+    document = {}
+    for method, chosen in trains.items():
+        before = [probe] if method == "neft" else []
+        document[method] = {
+            "train_seconds": chosen["train_seconds"],
+            "seconds_per_step": chosen["seconds_per_step"],
+            "peak_memory_mb": chosen["peak_memory_mb"],
+            "end_to_end_seconds": round(sum(run["train_seconds"] for run in (*before, chosen)), 2),
+            "end_to_end_peak_memory_mb": max(run["peak_memory_mb"] for run in (*before, chosen)),
+            "search_seconds": round(sum(run["train_seconds"] for run in (*before, *searches[method])), 2),
+            "search_runs": len(searches[method]),
+        }
+    return document
+
+
+def verdict(difference: float, p_value: float, alpha: float = ALPHA) -> str:
+    """The plain word for NeFT minus a baseline."""
+    if p_value >= alpha or difference == 0:
+        return "within noise"
+    return "better" if difference > 0 else "worse"
+
+
+def verdict_table(document: dict[str, Any], metrics_reported: tuple[str, ...], selections: dict[str, RateSelection],
+                  cost: dict[str, Any]) -> pd.DataFrame:
+    """The report's first table: per method its scores with 95 % intervals, chosen rate, trainable
+    parameters, cost end to end, and NeFT against it in a word per metric."""
+    rows = []
+    for method in ("neft", "lora", "full", "base"):
+        entry, spent = document[method], cost.get(method, {})
+        row = {"method": method}
+        row.update({metric: f"{entry[metric]:.2f} ± {entry[f'{metric}_ci95']:.2f}" for metric in metrics_reported})
+        selection = selections.get(method)
+        row["learning rate"] = f"{selection.chosen.learning_rate:g} ({selection.status})" if selection else "-"
+        row["trainable"] = f"{entry['trainable_percent']:.2f} %"
+        row["time end to end"] = f"{spent['end_to_end_seconds']:.0f} s" if spent else "-"
+        row["peak memory"] = f"{spent['end_to_end_peak_memory_mb']:,.0f} MB" if spent else "-"
+        comparison = document["significance"].get(f"neft_vs_{method}")
+        row["NeFT - this"] = "-" if comparison is None else "; ".join(
+            f"{metric} {comparison[f'{metric}_difference']:+.2f} (p {comparison[f'{metric}_p']:.3f}, "
+            f"{verdict(comparison[f'{metric}_difference'], comparison[f'{metric}_p'])})" for metric in metrics_reported)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def rate_search_table(selections: dict[str, RateSelection]) -> pd.DataFrame:
+    """Every candidate's validation loss; the chosen one marked."""
+    return pd.DataFrame([
+        {"method": method, "learning rate": f"{candidate.learning_rate:g}", "valid loss": round(candidate.valid_loss, 4),
+         "chosen": "yes" if candidate == selection.chosen else "", "choice": selection.status if candidate == selection.chosen else ""}
+        for method, selection in selections.items() for candidate in selection.candidates
+    ])
 
 
 def _plain(value: Any) -> Any:
@@ -95,27 +151,50 @@ def _made_with(name: str, value: Any) -> float | int:
 
 
 def markdown_report(table: pd.DataFrame, config: Config, signatures: dict[str, str], mask_summary: dict[str, Any],
-                    significance: pd.DataFrame) -> str:
+                    significance: pd.DataFrame, verdict: pd.DataFrame, rate_search: pd.DataFrame, hardware: str) -> str:
+    segments, samples = int(significance["segments"].iloc[0]), int(significance["samples"].iloc[0])
     lines = [
-        f"# NeFT vs full fine-tuning vs LoRA: {config.model.name} on {config.task.name}",
+        f"# Is NeFT worth it? {config.model.name} on {config.task.name}",
+        "",
+        f"Each method at the learning rate its own validation loss chose from its grid; {segments} test segments; "
+        f"NeFT trains {mask_summary['trainable_percent']:.2f} % of the parameters, LoRA as many.",
+        "",
+        verdict.to_markdown(index=False),
+        "",
+        f"- **Single seed** (seed {config.seed}): each p-value is a paired bootstrap over the test segments "
+        f"({samples} resamples), so it counts the test set's variance, not the variance between training runs. "
+        "For a claim over seeds, run more (`dvc exp run --queue -S seed=1,2`) and use the seed-aware test (docs/statistics.md).",
+        f"- A word is \"better\" or \"worse\" at p < {ALPHA}, else \"within noise\". Scores are given with the "
+        "half-width of their bootstrap 95 % interval.",
+        "- Time and memory: the chosen run's training, plus the probe's for NeFT (scoring and masking take seconds); the "
+        "peak is the training window's (RSS on CPU). The rate search cost more: reports/cost.json (`search_seconds`).",
+        f"- Computed on {hardware}. The same seed gives the same bytes on the same kind of CPU; other kernels (another CPU, "
+        "a GPU) round differently, which can move a difference by a few tenths of a point (docs/reproducibility.md).",
+        "",
+        "## Learning rates",
+        "",
+        "Every candidate's validation loss (its best checkpoint); the lowest chose. A choice at the edge of its grid is "
+        "not bracketed: widen the grid (`methods.<method>.learning_rates`).",
+        "",
+        rate_search.to_markdown(index=False),
+        "",
+        "## Details",
         "",
         f"ratio = {config.ratio} -> {mask_summary['num_neurons']} neurons, "
         f"{mask_summary['trainable_parameters']:,} trainable parameters "
         f"({mask_summary['trainable_percent']:.2f} % of {mask_summary['total_parameters']:,}); "
-        f"seed {config.seed} (1 seed); {config.train.steps} steps of batch {config.train.batch_size}; "
-        f"probe: {config.probe.steps} steps at lr {config.probe.learning_rate}.",
+        f"{config.train.steps} steps of batch {config.train.batch_size}; "
+        f"probe: {config.probe.kind}, {config.probe.steps} steps at lr {config.probe.learning_rate}.",
         "",
         table.to_markdown(index=False, floatfmt=".4g"),
         "",
-        "Learning rates are per method (`methods.*.learning_rate`); LoRA's rank is chosen so its trainable",
-        "count matches NeFT's. Peak memory is the training window's (neft.measure: RSS high-water mark after set-up on "
-        "CPU, max allocated on GPU), as in the benchmark.",
+        "LoRA's rank is chosen so its trainable count matches NeFT's. Peak memory is the training window's (neft.measure: "
+        "RSS high-water mark after set-up on CPU, max allocated on GPU), as in the benchmark.",
         "",
         *[f"- {name}: `{signature}`" for name, signature in signatures.items()],
         "",
-        f"Paired bootstrap, NeFT against each baseline on the same {int(significance['segments'].iloc[0])} test segments "
-        f"({int(significance['samples'].iloc[0])} resamples; two-sided p; ci95: half-width of each system's 95 % interval). "
-        "A p-value above 0.05 means the difference is within noise:",
+        f"Paired bootstrap, NeFT against each baseline on the same {segments} test segments "
+        f"({samples} resamples; two-sided p; ci95: half-width of each system's 95 % interval):",
         "",
         significance[["comparison", "metric", "baseline", "system", "difference", "p_value", "baseline_ci95", "system_ci95"]]
         .to_markdown(index=False, floatfmt=".4g"),

@@ -1,5 +1,6 @@
-"""Stage report: one table of every method (trainable share, quality, cost), NeFT's paired-bootstrap
-significance against each baseline, and plots.
+"""Stage report: the verdict (each method at its chosen rate: score with 95 % interval, cost end to end,
+NeFT against each baseline in a plain word), the rate search, one row per method, NeFT's
+paired-bootstrap significance against each baseline, and plots.
 
 Usage: python -m stages.report            (writes reports/{metrics.json,cost.json,results.md,results.csv,significance.csv,plots/})
 """
@@ -11,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from neft.artifacts import MASK_SUMMARY_FILE, REPORTS_DIR, eval_dir, train_log_dir
+from neft.artifacts import MASK_SUMMARY_FILE, REPORTS_DIR, eval_dir, selection_file, train_log_dir
 from neft.config import Config
 from neft.evaluation import metric_names
 from neft.io import read_json, write_json
-from neft.methods import EVAL_METHODS
+from neft.methods import EVAL_METHODS, METHODS
 from neft.report import (
     cost_document,
     markdown_report,
@@ -23,8 +24,11 @@ from neft.report import (
     metrics_document,
     plot_losses,
     plot_neurons_per_layer,
+    rate_search_table,
     significance_table,
+    verdict_table,
 )
+from neft.selection import RateSelection
 from stages._common import run_stage
 
 
@@ -32,23 +36,39 @@ def report(config: Config, reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
     kind, options = config.task.kind, config.task.metric_options
     metrics_reported = metric_names(kind, options)
     evals = {method: read_json(eval_dir(method) / "metrics.json") for method in EVAL_METHODS}
-    trains = {method: read_json(train_log_dir(method) / "summary.json") for method in EVAL_METHODS if method != "base"}
+    selections = {method: RateSelection.from_dict(read_json(selection_file(method))) for method in METHODS}
+    searches = {method: [read_json(train_log_dir(c.run) / "summary.json") for c in selection.candidates]
+                for method, selection in selections.items()}
+    trains = {method: read_json(train_log_dir(selection.chosen.run) / "summary.json") for method, selection in selections.items()}
+    probe = read_json(train_log_dir("probe") / "summary.json")
     mask_summary = read_json(MASK_SUMMARY_FILE)
     table = method_rows(metrics_reported, evals, trains, mask_summary["total_parameters"])
     signatures = {key: value for key, value in evals["base"].items() if key.endswith(("_signature", "_tokenizer"))}
     predictions = {method: pd.read_json(eval_dir(method) / "predictions.jsonl", lines=True, dtype=False) for method in EVAL_METHODS}
     significance = significance_table(kind, predictions, options)
-    document = metrics_document(table, mask_summary, metrics_reported, significance)
+    document = metrics_document(table, mask_summary, metrics_reported, significance, selections)
+    cost = cost_document(trains, probe, searches)
     plots = reports_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    plot_losses({run: train_log_dir(run) for run in ("probe", "full", "neft", "lora")}, plots / "loss.png")
+    plot_losses({"probe": train_log_dir("probe")} | {method: train_log_dir(s.chosen.run) for method, s in selections.items()},
+                plots / "loss.png")
     plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
     table.to_csv(reports_dir / "results.csv", index=False)
     significance.to_csv(reports_dir / "significance.csv", index=False)
-    (reports_dir / "results.md").write_text(markdown_report(table, config, signatures, mask_summary, significance))
+    verdict = verdict_table(document, metrics_reported, selections, cost)
+    (reports_dir / "results.md").write_text(markdown_report(table, config, signatures, mask_summary, significance, verdict,
+                                                            rate_search_table(selections), hardware_line(trains["neft"])))
     write_json(reports_dir / "metrics.json", document)
-    write_json(reports_dir / "cost.json", cost_document(table))
+    write_json(reports_dir / "cost.json", cost)
     return document
+
+
+def hardware_line(summary: dict[str, Any]) -> str:
+    """Where the runs were computed, from a training summary (neft.measure.device_description)."""
+    hardware = summary.get("hardware", {})
+    features = ", ".join(hardware.get("bf16_features", [])) or "none"
+    kernels = f"torch CPU capability {hardware['cpu_capability']}, bf16 features: {features}; " if "cpu_capability" in hardware else ""
+    return f"{hardware.get('name', summary.get('device', 'an unrecorded device'))} ({kernels}autocast {summary.get('autocast', 'none')})"
 
 
 if __name__ == "__main__":

@@ -18,12 +18,14 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.e2e
 
 TINY = ["model=tiny-llama", "task=jsonl"]
+# The tiny model's grids have one rate each: full FT 1e-3, NeFT and LoRA 1e-2.
 ALL_STAGES = {
-    "prepare_data", "prepare_model", "probe", "score", "mask", "train_full", "train_neft", "train_lora",
-    "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "export@full", "export@neft", "export@lora",
+    "prepare_data", "prepare_model", "probe", "score", "mask", "train_full@0.001", "train_neft@0.01", "train_lora@0.01",
+    "select", "evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "export@full", "export@neft", "export@lora",
     "analyze", "report",
 }
-RATIO_DOWNSTREAM = {"mask", "train_neft", "train_lora", "evaluate@neft", "evaluate@lora", "export@neft", "export@lora", "analyze", "report"}
+RATIO_DOWNSTREAM = {"mask", "train_neft@0.01", "train_lora@0.01", "select", "evaluate@neft", "evaluate@lora", "export@neft",
+                    "export@lora", "analyze", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +48,11 @@ def repo(tiny_run) -> Path:
 
 def test_repro_writes_every_artifact(repo):
     for path in ["data/prepared/train.jsonl", "artifacts/model/model.safetensors", "artifacts/probe/model.safetensors",
-                 "artifacts/scores/scores.parquet", "artifacts/mask/mask.json", "artifacts/train/neft/neft_delta.safetensors",
-                 "artifacts/train/lora/adapter_model.safetensors", "artifacts/train/full/model.safetensors",
+                 "artifacts/scores/scores.parquet", "artifacts/mask/mask.json", "artifacts/train/neft/lr0.01/neft_delta.safetensors",
+                 "artifacts/train/lora/lr0.01/adapter_model.safetensors", "artifacts/train/full/lr0.001/model.safetensors",
+                 "reports/selection/neft.json",
                  "reports/results.md", "reports/results.csv", "reports/plots/loss.png", "reports/plots/neurons_per_layer.png",
-                 "reports/eval/neft/predictions.jsonl", "reports/train/neft/plots/metrics/loss.tsv",
+                 "reports/eval/neft/predictions.jsonl", "reports/train/neft/lr0.01/plots/metrics/loss.tsv",
                  "reports/analysis/analysis.json", "reports/analysis/score_histogram.png",
                  "artifacts/export/full/model.safetensors", "artifacts/export/neft/lora_adapter/adapter_model.safetensors"]:
         assert (repo / path).is_file(), path
@@ -57,7 +60,7 @@ def test_repro_writes_every_artifact(repo):
     assert set(metrics) == {"base", "full", "neft", "lora", "mask", "significance"}
     assert {"bleu", "chrf", "trainable_percent"} <= set(metrics["neft"])
     assert metrics["neft"]["trainable_percent"] == pytest.approx(6.0, abs=0.1)
-    lora = json.loads((repo / "reports/train/lora/summary.json").read_text())
+    lora = json.loads((repo / "reports/train/lora/lr0.01/summary.json").read_text())
     assert abs(lora["trainable_parameters"] - lora["neft_budget"]) <= lora["parameters_per_rank"] / 2
 
 
@@ -100,8 +103,9 @@ def test_reported_metrics_equal_sacrebleu_recomputed_from_the_saved_predictions(
 # For each stage, a library module it imports: editing it must make `dvc status` report the stage.
 LIBRARY_MODULE_OF = {
     "prepare_data": "neft/data/sources.py", "prepare_model": "neft/models.py", "probe": "neft/training.py",
-    "score": "neft/neurons.py", "mask": "neft/masks.py", "train_full": "neft/methods.py", "train_neft": "neft/delta.py",
-    "train_lora": "neft/tokenization.py", "evaluate_base": "neft/evaluation.py", "evaluate@neft": "neft/methods.py",
+    "score": "neft/neurons.py", "mask": "neft/masks.py", "train_full@0.001": "neft/methods.py", "train_neft@0.01": "neft/delta.py",
+    "train_lora@0.01": "neft/tokenization.py", "select": "neft/selection.py", "evaluate_base": "neft/evaluation.py",
+    "evaluate@neft": "neft/methods.py",
     "analyze": "neft/analysis.py", "report": "neft/significance.py", "export@neft": "neft/export.py",
 }
 
@@ -140,6 +144,26 @@ def test_returning_to_earlier_probe_params_restores_the_probe_from_the_run_cache
     assert stages_run(back) == set(), back
     assert "Stage 'probe' is cached - skipping run" in back
     assert (repo / "artifacts/probe/model.safetensors").read_bytes() == probe
+
+
+def test_a_wider_grid_trains_only_the_new_rates_and_evaluates_only_the_choice(repo):
+    """Adding rates to NeFT's grid trains them alone: the existing candidate is not rerun, and the
+    chosen run alone is evaluated (again only if the choice moved)."""
+    delta = (repo / "artifacts/train/neft/lr0.01/neft_delta.safetensors").read_bytes()
+    output = run(["dvc", "exp", "run", "-S", "methods.neft.learning_rates=[0.003,0.01,0.03]",
+                  *sum((["-S", override] for override in TINY), [])], repo).stdout
+    selection = json.loads((repo / "reports/selection/neft.json").read_text())
+    chosen = selection["chosen"]["learning_rate"]
+    expected = {"train_neft@0.003", "train_neft@0.03", "select", "report"}
+    if chosen != 0.01:
+        expected |= {"evaluate@neft", "export@neft", "analyze"}
+    assert stages_run(output) == expected, output
+    assert (repo / "artifacts/train/neft/lr0.01/neft_delta.safetensors").read_bytes() == delta
+    losses = {c["learning_rate"]: c["valid_loss"] for c in selection["candidates"]}
+    assert chosen == min(losses, key=losses.get) and set(losses) == {0.003, 0.01, 0.03}
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert metrics["neft"]["learning_rate"] == chosen
+    assert metrics["neft"]["learning_rate_bracketed"] == (chosen == 0.01)
 
 
 def test_bad_ratio_fails_cleanly_and_keeps_the_old_mask(repo):

@@ -19,9 +19,11 @@ from peft import PeftModel
 from test_dependencies import STAGES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from neft.artifacts import candidate_run, chosen_run, train_log_dir, weights_dir
 from neft.delta import load_delta
 from neft.errors import UserError
 from neft.evaluation import generate_greedy
+from neft.io import write_json
 from neft.models import load_model
 from stages.analyze import analyze
 from stages.evaluate import evaluate
@@ -31,6 +33,7 @@ from stages.prepare_data import prepare_data
 from stages.prepare_model import prepare_model
 from stages.report import report
 from stages.score import score
+from stages.select import select
 from stages.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +84,7 @@ def test_a_control_mask_changes_the_mask_but_not_the_budget_the_matched_lora_rea
     """Why `dvc exp run -S mask.strategy=random` retrains NeFT but not LoRA: train_lora depends on
     artifacts/budget.json and no mask file or mask param, and the budget's bytes stay the same."""
     directory, config, _ = project
-    lora_stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_lora"]
+    lora_stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_lora"]["do"]
     assert "artifacts/budget.json" in lora_stage["deps"] and not any(dep.startswith("artifacts/mask") for dep in lora_stage["deps"])
     assert not any(str(param).startswith("mask") for param in lora_stage["params"])
     shutil.copytree(directory, tmp_path / "project")
@@ -95,14 +98,37 @@ def test_a_control_mask_changes_the_mask_but_not_the_budget_the_matched_lora_rea
 @pytest.mark.parametrize("run", ["probe", "full", "neft", "lora"])
 def test_train_saves_the_run_and_its_summary(workspace, run):
     summary = train(run, workspace)
-    weights = {"probe": "artifacts/probe/model.safetensors", "full": "artifacts/train/full/model.safetensors",
-               "neft": "artifacts/train/neft/neft_delta.safetensors", "lora": "artifacts/train/lora/adapter_model.safetensors"}[run]
-    assert Path(weights).is_file()
+    directory = "probe" if run == "probe" else candidate_run(run, getattr(workspace.methods, run).learning_rates[0])
+    weights = weights_dir(directory) / {"probe": "model.safetensors", "full": "model.safetensors",
+                                        "neft": "neft_delta.safetensors", "lora": "adapter_model.safetensors"}[run]
+    assert weights.is_file() and summary["run"] == directory
     assert summary["steps"] == 8 and summary["autocast"] == "none"
-    assert len(pd.read_csv(f"reports/train/{run}/plots/metrics/loss.tsv", sep="\t")) == 8
+    assert len(pd.read_csv(train_log_dir(directory) / "plots/metrics/loss.tsv", sep="\t")) == 8
     if run == "neft":
         assert summary["trainable_parameters"] == 85 * 64
         rerun_gives_the_same_bytes([weights], lambda: train(run, workspace))
+
+
+def test_select_follows_validation_loss_and_reads_nothing_of_the_test_split(project, tmp_path):
+    directory, config, _ = project
+    select_stage = STAGES["select"]
+    assert not any(dep.startswith(("reports/eval", "data/")) for dep in select_stage["deps"]), "select must not see test data"
+    grid = (0.005, 0.01, 0.02)
+    neft = dataclasses.replace(config.methods.neft, learning_rates=grid)
+    wide = dataclasses.replace(config, methods=dataclasses.replace(config.methods, neft=neft))
+    shutil.copytree(directory, tmp_path / "project")
+    with inside(tmp_path / "project"):
+        trained = json.loads((train_log_dir(chosen_run("neft")) / "summary.json").read_text())
+        for losses, chosen, status in (((3.0, 2.0, 2.5), 0.01, "bracketed"), ((2.0, 2.5, 3.0), 0.005, "not bracketed")):
+            for rate, loss in zip(grid, losses, strict=True):
+                write_json(train_log_dir(candidate_run("neft", rate)) / "summary.json",
+                           {**trained, "best_valid_loss": loss, "weights_sha256": f"weights of {rate}"})
+            summary = select(wide)
+            assert summary["neft"] == {"learning_rate": chosen, "status": status}
+            written = json.loads(Path("reports/selection/neft.json").read_text())
+            assert written["chosen"]["run"] == chosen_run("neft") == f"neft/lr{chosen}"
+            assert written["weights_sha256"] == f"weights of {chosen}"  # what evaluate@neft depends on
+            assert [c["valid_loss"] for c in written["candidates"]] == list(losses)
 
 
 @pytest.mark.parametrize("method", ["base", "full", "neft", "lora"])
@@ -132,7 +158,7 @@ def test_neft_lora_adapter_is_the_merged_model(workspace):
     for name, tensor in exported.state_dict().items():
         assert torch.equal(merged[name], tensor), name
     summary = json.loads(Path("artifacts/export/neft/export_summary.json").read_text())
-    delta = load_delta(Path("artifacts/train/neft"))
+    delta = load_delta(weights_dir(chosen_run("neft")))
     assert summary["lora_adapter"]["ranks"] == {name: len(p["rows"]) + len(p["columns"]) for name, p in delta.modules.items()}
 
 
@@ -152,12 +178,22 @@ def test_report_writes_the_table_significance_and_metrics(workspace):
         assert document[method]["bleu_ci95"] >= 0 and document[method]["chrf_ci95"] >= 0
     assert set(significance[significance["metric"] == "bleu"]["system_ci95"].round(4)) == {document["neft"]["bleu_ci95"]}
     for method in ("full", "neft", "lora"):  # what chooses a learning rate: the kept checkpoint's validation loss
-        summary = json.loads((Path("reports/train") / method / "summary.json").read_text())
+        summary = json.loads((train_log_dir(chosen_run(method)) / "summary.json").read_text())
         assert document[method]["valid_loss"] == round(summary["best_valid_loss"], 4)
         # what it was made with, unrounded, for the collector to check against the experiment's params
         assert (document[method]["learning_rate"], document[method]["steps"], document[method]["seed"]) == (
-            getattr(workspace.methods, method).learning_rate, workspace.train.steps, workspace.seed)
+            getattr(workspace.methods, method).learning_rates[0], workspace.train.steps, workspace.seed)
+        assert document[method]["learning_rate_bracketed"] is False  # one rate: nothing on either side
     assert "valid_loss" not in document["base"] and "learning_rate" not in document["base"]
+    results = Path("reports/results.md").read_text()
+    verdict = results.split("\n\n")[2]  # the first table, right under the title and one sentence
+    assert verdict.startswith("| method") and "NeFT - this" in verdict and "one rate, not searched" in verdict
+    assert "**Single seed** (seed 0)" in results
+    cost = json.loads(Path("reports/cost.json").read_text())
+    probe = json.loads(Path("reports/train/probe/summary.json").read_text())
+    neft = json.loads((train_log_dir(chosen_run("neft")) / "summary.json").read_text())
+    assert cost["neft"]["end_to_end_seconds"] == pytest.approx(probe["train_seconds"] + neft["train_seconds"])
+    assert cost["lora"]["end_to_end_seconds"] == cost["lora"]["train_seconds"]
     assert (document["mask"]["ratio"], document["mask"]["strategy"]) == (workspace.ratio, workspace.mask.strategy)
     rerun_gives_the_same_bytes(["reports/metrics.json"], lambda: report(workspace))
 
@@ -168,6 +204,11 @@ def test_a_user_error_stops_a_stage_before_it_writes(workspace):
         mask(dataclasses.replace(workspace, ratio=0.99))
     with pytest.raises(UserError, match="unknown training run 'prefix'"):
         train("prefix", workspace)
+    with pytest.raises(UserError, match=r"the learning rate of neft must be a number > 0, got '-1e-3'"):
+        train("neft", "-1e-3", workspace)
+    several = dataclasses.replace(workspace.methods.neft, learning_rates=(0.01, 0.02))
+    with pytest.raises(UserError, match=r"methods.neft.learning_rates has 2 rates: give one"):
+        train("neft", dataclasses.replace(workspace, methods=dataclasses.replace(workspace.methods, neft=several)))
     assert Path("artifacts/mask/mask.json").read_bytes() == before
 
 
@@ -181,7 +222,7 @@ def test_stage_params_are_exactly_the_keys_it_reads(project, stage):
     reruns the stage for nothing. A listed section covers the keys under it."""
     _, _, reads = project
     declared = STAGES[stage].get("params", [])
-    read = reads[stage]
+    read = reads.get(stage) or reads[stage.split("@")[0]]  # one grid rate's stage reads what every rate's does
     unlisted = sorted(key for key in read if not any(covers(entry, key) for entry in declared))
     unread = sorted(entry for entry in declared if not any(covers(entry, key) for key in read))
     assert not unlisted and not unread, f"{stage}: reads but does not list {unlisted}; lists but does not read {unread}"
