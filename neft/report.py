@@ -5,6 +5,7 @@ rate search, NeFT's significance against each baseline, the metrics document DVC
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -199,6 +200,7 @@ def markdown_report(table: pd.DataFrame, config: Config, signatures: dict[str, s
         significance[["comparison", "metric", "baseline", "system", "difference", "p_value", "baseline_ci95", "system_ci95"]]
         .to_markdown(index=False, floatfmt=".4g"),
         "",
+        "![validation loss of every candidate rate](plots/valid_loss.png)",
         "![loss](plots/loss.png)",
         "![neurons per layer](plots/neurons_per_layer.png)",
         "",
@@ -217,6 +219,26 @@ def plot_losses(log_dirs: dict[str, Path], out: Path) -> None:
     axis.set_ylabel("training loss")
     axis.legend()
     axis.set_title("Training loss per method")
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    plt.close(figure)
+
+
+def plot_validation_losses(selections: dict[str, RateSelection], log_dir: Callable[[str], Path], out: Path) -> None:
+    """Every candidate's validation loss over its steps, one panel per method, the chosen rate bold."""
+    figure, axes = plt.subplots(1, len(selections), figsize=(4 * len(selections), 3.5), sharey=True, squeeze=False)
+    for axis, (method, selection) in zip(axes[0], selections.items(), strict=True):
+        for candidate in selection.candidates:
+            tsv = log_dir(candidate.run) / "plots" / "metrics" / "valid_loss.tsv"
+            if tsv.is_file():
+                frame = pd.read_csv(tsv, sep="\t")
+                chosen = candidate == selection.chosen
+                axis.plot(frame["step"], frame["valid_loss"], linewidth=2.5 if chosen else 1,
+                          label=f"{candidate.learning_rate:g}{' (chosen)' if chosen else ''}")
+        axis.set_title(f"{method}: {selection.status}")
+        axis.set_xlabel("step")
+        axis.legend(title="learning rate")
+    axes[0][0].set_ylabel("validation loss")
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)

@@ -24,6 +24,7 @@ from neft.report import (
     metrics_document,
     plot_losses,
     plot_neurons_per_layer,
+    plot_validation_losses,
     rate_search_table,
     significance_table,
     verdict_table,
@@ -52,6 +53,7 @@ def report(config: Config, reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
     plots.mkdir(parents=True, exist_ok=True)
     plot_losses({"probe": train_log_dir("probe")} | {method: train_log_dir(s.chosen.run) for method, s in selections.items()},
                 plots / "loss.png")
+    plot_validation_losses(selections, train_log_dir, plots / "valid_loss.png")
     plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
     table.to_csv(reports_dir / "results.csv", index=False)
     significance.to_csv(reports_dir / "significance.csv", index=False)

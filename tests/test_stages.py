@@ -189,6 +189,7 @@ def test_report_writes_the_table_significance_and_metrics(workspace):
     verdict = results.split("\n\n")[2]  # the first table, right under the title and one sentence
     assert verdict.startswith("| method") and "NeFT - this" in verdict and "one rate, not searched" in verdict
     assert "**Single seed** (seed 0)" in results
+    assert Path("reports/plots/valid_loss.png").is_file()  # every candidate's validation loss
     cost = json.loads(Path("reports/cost.json").read_text())
     probe = json.loads(Path("reports/train/probe/summary.json").read_text())
     neft = json.loads((train_log_dir(chosen_run("neft")) / "summary.json").read_text())
