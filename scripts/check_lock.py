@@ -9,7 +9,8 @@ changed; those say nothing about staleness and are left out. What remains is sta
   - a changed parameter,
   - a changed source dependency (code, your data: any dependency no stage writes),
   - a committed output (`cache: false`, kept in git) whose bytes differ from what the lock records,
-  - a changed command, or a stage the lock does not record at all.
+  - a changed command, or a stage the lock does not record at all,
+  - a stage the lock records that dvc.yaml no longer defines (a renamed or removed stage's results).
 .ci/run runs it, so main never carries results that the code did not produce.
 """
 
@@ -35,10 +36,11 @@ def overlaps_an_output(path: str, outputs: set[str]) -> bool:
     return any(path == out or path.startswith(out + "/") or out.startswith(path.rstrip("/") + "/") for out in outputs)
 
 
-def stale_stages(status: dict[str, Any], lock: dict[str, Any]) -> dict[str, list[str]]:
-    """Each stale stage of `dvc status --json` output and why, ignoring what only missing outputs explain."""
+def stale_stages(status: dict[str, Any], lock: dict[str, Any], defined: set[str]) -> dict[str, list[str]]:
+    """Each stale stage of `dvc status --json` output and why, ignoring what only missing outputs
+    explain; and each stage the lock records but dvc.yaml (`defined`) no longer has."""
     outputs, recorded = lock_outputs(lock), set(lock.get("stages", {}))
-    stale: dict[str, list[str]] = {}
+    stale: dict[str, list[str]] = {stage: ["in dvc.lock but not in dvc.yaml"] for stage in sorted(recorded - defined)}
     for stage, changes in status.items():
         reasons = [] if stage in recorded else ["not in dvc.lock"]
         for change in changes:
@@ -59,8 +61,9 @@ def stale_stages(status: dict[str, Any], lock: dict[str, Any]) -> dict[str, list
 
 def main() -> int:
     status = json.loads(subprocess.run(["dvc", "status", "--json"], capture_output=True, text=True, check=True).stdout or "{}")
+    defined = set(subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True).stdout.split())
     lock_file = Path("dvc.lock")
-    stale = stale_stages(status, yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else {})
+    stale = stale_stages(status, yaml.safe_load(lock_file.read_text()) if lock_file.is_file() else {}, defined)
     if not stale:
         print("dvc.lock matches the code, params and data it records")
         return 0

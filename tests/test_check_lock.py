@@ -17,6 +17,7 @@ LOCK = {"stages": {
     "train": {"outs": [{"path": "artifacts/train/neft/lr0.01"}, {"path": "reports/train/neft/lr0.01"}]},
     "report": {"outs": [{"path": "reports/metrics.json"}]},
 }}
+DEFINED = {"train", "report"}
 
 
 def test_missing_outputs_and_dependencies_on_them_are_not_staleness():
@@ -25,7 +26,7 @@ def test_missing_outputs_and_dependencies_on_them_are_not_staleness():
         "report": [{"changed deps": {"reports/train": "modified"}}],  # a folder of outputs, some missing
     }
     lock = {"stages": {**LOCK["stages"], "prepare": {"outs": [{"path": "artifacts/model"}]}}}
-    assert check_lock.stale_stages(status, lock) == {}
+    assert check_lock.stale_stages(status, lock, {"train", "report", "prepare"}) == {}
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -36,12 +37,17 @@ def test_missing_outputs_and_dependencies_on_them_are_not_staleness():
     ("changed command", "changed command"),
 ])
 def test_each_kind_of_change_makes_the_stage_stale(change, reason):
-    assert check_lock.stale_stages({"report": [change]}, LOCK) == {"report": [reason]}
+    assert check_lock.stale_stages({"report": [change]}, LOCK, DEFINED) == {"report": [reason]}
 
 
 def test_a_stage_the_lock_does_not_record_is_stale():
-    assert check_lock.stale_stages({"select": [{"changed outs": {"reports/selection": "deleted"}}]}, LOCK) == {
+    assert check_lock.stale_stages({"select": [{"changed outs": {"reports/selection": "deleted"}}]}, LOCK, {*DEFINED, "select"}) == {
         "select": ["not in dvc.lock"]}
+
+
+def test_a_locked_stage_that_dvc_yaml_no_longer_defines_is_stale():
+    """A renamed stage (train_neft -> train_neft@RATE) leaves its old entry, and old results, in the lock."""
+    assert check_lock.stale_stages({}, LOCK, {"report"}) == {"train": ["in dvc.lock but not in dvc.yaml"]}
 
 
 @pytest.mark.e2e
