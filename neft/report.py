@@ -104,6 +104,14 @@ def cost_document(trains: dict[str, dict[str, Any]], probe: dict[str, Any], sear
     return document
 
 
+def hardware_line(summary: dict[str, Any]) -> str:
+    """Where the runs were computed, from a training summary (neft.measure.device_description)."""
+    hardware = summary.get("hardware", {})
+    features = ", ".join(hardware.get("bf16_features", [])) or "none"
+    kernels = f"torch CPU capability {hardware['cpu_capability']}, bf16 features: {features}; " if "cpu_capability" in hardware else ""
+    return f"{hardware.get('name', summary.get('device', 'an unrecorded device'))} ({kernels}autocast {summary.get('autocast', 'none')})"
+
+
 def verdict(difference: float, p_value: float, alpha: float = ALPHA) -> str:
     """The plain word for NeFT minus a baseline."""
     if p_value >= alpha or difference == 0:

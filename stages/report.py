@@ -19,6 +19,7 @@ from neft.io import read_json, write_json
 from neft.methods import EVAL_METHODS, METHODS
 from neft.report import (
     cost_document,
+    hardware_line,
     markdown_report,
     method_rows,
     metrics_document,
@@ -63,14 +64,6 @@ def report(config: Config, reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
     write_json(reports_dir / "metrics.json", document)
     write_json(reports_dir / "cost.json", cost)
     return document
-
-
-def hardware_line(summary: dict[str, Any]) -> str:
-    """Where the runs were computed, from a training summary (neft.measure.device_description)."""
-    hardware = summary.get("hardware", {})
-    features = ", ".join(hardware.get("bf16_features", [])) or "none"
-    kernels = f"torch CPU capability {hardware['cpu_capability']}, bf16 features: {features}; " if "cpu_capability" in hardware else ""
-    return f"{hardware.get('name', summary.get('device', 'an unrecorded device'))} ({kernels}autocast {summary.get('autocast', 'none')})"
 
 
 if __name__ == "__main__":
