@@ -58,7 +58,7 @@ ALPHA = 0.05
 
 def _run_dirs(records: Path) -> list[Path]:
     """Every run folder: `<question>/runs/<run>/` and `archive/**/runs/<run>/`, or (older layout) a folder with params.yaml."""
-    found = {path.parent for path in records.rglob("params.yaml")}
+    found = {path.parent for path in records.rglob("params.yaml") if "archive" not in path.parts}
     found |= {path for path in records.rglob("*") if path.is_dir() and path.parent.name == "runs"}
     return sorted(found)
 
@@ -185,6 +185,12 @@ def build_index(config: dict[str, Any], strict: bool = True) -> list[dict[str, A
                 "train": _relative(paths.get("train")),
                 "valid_loss": _relative(paths.get("valid_loss")),
             })
+    for name, reason in (config.get("archive") or {}).items():
+        folder = ROOT / RECORDS / "archive" / name
+        files = sorted(path for path in folder.rglob("*") if path.is_file())
+        entries.append({"id": f"archive/{name}", "run": None, "method": None, "question": f"archive/{name}",
+                        "status": "superseded", "path": _relative(folder), "commit": _first_commit(_relative(files[0])) if files else None,
+                        "reason": " ".join(reason.split()), "files": len(files), "predictions": None})
     ids = [entry["id"] for entry in entries]
     duplicates = sorted({entry_id for entry_id in ids if ids.count(entry_id) > 1})
     if duplicates:
