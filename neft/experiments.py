@@ -14,9 +14,6 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 

@@ -35,12 +35,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from neft.config import Config, ModelConfig, RuntimeConfig, autocast_dtype
+from neft.config import Config, ModelConfig, RuntimeConfig
 from neft.errors import ConfigError
 from neft.masks import ModelShape, NeuronMask, neurons_for_ratio
 from neft.measure import TensorLifetimes
 from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, lora_parameters_per_rank, lora_rank_for_budget, setup_method
 from neft.models import byte_level_tokenizer, torch_dtype, wheel_gguf_file
+from neft.runtime import autocast_dtype
 from neft.tokenization import IGNORE_INDEX
 from neft.training import causal_lm_loss
 

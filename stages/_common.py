@@ -10,6 +10,7 @@ from typing import Any
 
 from neft.config import load_config
 from neft.errors import UserError
+from neft.runtime import setup_runtime
 
 USER_ERROR_EXIT = 2  # a crash keeps Python's traceback and exit status 1
 
@@ -26,7 +27,9 @@ def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int | 
         print(f"usage: python -m {sys.modules['__main__'].__spec__.name} {usage}".rstrip(), file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     try:
-        summary = work(*args, load_config())
+        config = load_config()
+        setup_runtime(config.runtime)  # determinism and the plotting backend, once, before any work
+        summary = work(*args, config)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)

@@ -20,13 +20,14 @@ from neft.analysis import (
     plot_selection_heatmap,
     trained_flags,
 )
-from neft.artifacts import ANALYSIS_DIR, BASE_MODEL_DIR, DATA_DIR, MASK_FILE, SCORES_FILE, chosen_run, read_model_shape, weights_dir
-from neft.config import Config, resolve_device
+from neft.artifacts import ANALYSIS_DIR, BASE_MODEL_DIR, DATA_DIR, MASK_FILE, MODEL_SHAPE_FILE, SCORES_FILE, chosen_run, weights_dir
+from neft.config import Config
 from neft.data.records import read_jsonl
-from neft.io import atomic_directory, write_json
-from neft.masks import build_mask, load_mask
+from neft.io import atomic_directory, read_json, write_json
+from neft.masks import ModelShape, build_mask, load_mask
 from neft.methods import load_trained_model
 from neft.models import load_tokenizer, torch_dtype
+from neft.runtime import resolve_device
 from neft.tokenization import encode_prompts, evaluation_batches
 from stages._common import run_stage
 
@@ -35,7 +36,7 @@ def analyze(config: Config, out_dir: Path = ANALYSIS_DIR) -> dict[str, Any]:
     analysis = config.analysis
     scores = pd.read_parquet(SCORES_FILE)
     mask = load_mask(MASK_FILE)
-    shape = read_model_shape()
+    shape = ModelShape(**read_json(MODEL_SHAPE_FILE))
     seed = config.seed
     cosine_mask = build_mask(scores, shape, mask.ratio, "cosine")
     overlaps = {f"cosine@{ratio}": jaccard(mask, build_mask(scores, shape, ratio, "cosine")) for ratio in analysis.compare_ratios}

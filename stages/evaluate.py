@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from neft.artifacts import BASE_MODEL_DIR, DATA_DIR, chosen_run, eval_dir, weights_dir
-from neft.config import Config, ConfigError, autocast_dtype, resolve_device
+from neft.config import Config, ConfigError
 from neft.data.records import read_jsonl
 from neft.distributed import Ranks, process_group, rank_device, relaunched
 from neft.evaluation import generate_greedy, task_metrics
@@ -22,6 +22,7 @@ from neft.io import atomic_directory, write_json
 from neft.methods import EVAL_METHODS, load_trained_model
 from neft.models import load_tokenizer, torch_dtype
 from neft.provenance import model_fingerprint
+from neft.runtime import autocast_dtype, resolve_device
 from stages._common import run_stage
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pandas as pd
 
-from neft.artifacts import BUDGET_FILE, MASK_DIR, MASK_FILE, SCORES_DIR, SCORES_FILE, read_model_shape
+from neft.artifacts import BUDGET_FILE, MASK_DIR, MASK_FILE, MODEL_SHAPE_FILE, SCORES_DIR, SCORES_FILE
 from neft.config import Config
 from neft.io import atomic_directory, read_json, write_json
-from neft.masks import build_mask_with_ties, save_mask, summarize_mask
+from neft.masks import ModelShape, build_mask_with_ties, save_mask, summarize_mask
 from stages._common import run_stage
 
 # Warn when the tie-break at the cutoff chose more than this share of k.
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def mask(config: Config, out_dir: Path = MASK_DIR, budget_file: Path = BUDGET_FILE) -> dict[str, Any]:
     ratio = config.ratio
     scores = pd.read_parquet(SCORES_FILE)
-    selected, ties = build_mask_with_ties(scores, read_model_shape(), ratio, config.mask.strategy, config.seed)
+    selected, ties = build_mask_with_ties(scores, ModelShape(**read_json(MODEL_SHAPE_FILE)), ratio, config.mask.strategy, config.seed)
     selected.made_from = read_json(SCORES_DIR / "summary.json")["made_from"]
     summary = {**summarize_mask(selected), "tied_at_cutoff": ties.tied_at_cutoff, "decided_by_tiebreak": ties.decided_by_tiebreak}
     if ties.decided_by_tiebreak > TIEBREAK_WARNING_SHARE * selected.num_neurons:

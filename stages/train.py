@@ -35,16 +35,16 @@ from neft.artifacts import (
     train_log_dir,
     weights_dir,
 )
-from neft.config import Config, ConfigError, TrainConfig, autocast_dtype, resolve_device
+from neft.config import Config, ConfigError, TrainConfig
 from neft.data.records import read_jsonl
 from neft.distributed import Ranks, full_state_dict, process_group, rank_device, relaunched, wrap_for_training
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.measure import device_description
-from neft.memory_plan import model_architecture, plan_config, require_fits
 from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
+from neft.runtime import autocast_dtype, resolve_device
 from neft.tokenization import encode_all, evaluation_batches, training_batches
 from neft.training import Checkpoints, TrainSettings, accumulate_gradients
 from neft.training import train as train_loop
@@ -214,6 +214,8 @@ def require_memory_fits(method: str, config: Config) -> None:
     process's GPU, with the plan, before anything loads or launches."""
     if resolve_device(config.runtime).type != "cuda":
         return
+    from neft.memory_plan import model_architecture, plan_config, require_fits  # on a GPU only: 460 lines
+
     architecture = model_architecture(config.model, BASE_MODEL_DIR)
     row = plan_config(config, architecture, runs=[method], checkpointing=(config.train.gradient_checkpointing,))[0]
     require_fits(row, torch.cuda.get_device_properties(0).total_memory, f"train@{method}")

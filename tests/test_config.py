@@ -2,25 +2,30 @@
 is reported at once, naming the key, the value and what is allowed."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import neft.config
+import neft.masks
+import neft.models
+import neft.neurons
 from neft.config import (
     TASK_SOURCES,
     ConfigError,
     RuntimeConfig,
-    autocast_dtype,
     compose_config,
     compose_params,
     load_config,
     parse_config,
-    resolve_device,
 )
 from neft.data.sources import BUILDERS
 from neft.models import locate_wheel_file
+from neft.runtime import autocast_dtype, resolve_device, setup_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,9 +152,118 @@ def test_auto_autocast_is_bfloat16_only_where_the_cpu_has_native_bf16(monkeypatc
 def test_the_deterministic_switch_sets_torchs_deterministic_algorithms(monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
-        resolve_device(RuntimeConfig(device="cpu", deterministic=True))
+        setup_runtime(RuntimeConfig(device="cpu", deterministic=True))
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
-        resolve_device(RuntimeConfig(device="cpu"))
+        setup_runtime(RuntimeConfig(device="cpu"))
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_resolving_the_device_changes_nothing(monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    resolve_device(RuntimeConfig(device="cpu", deterministic=True))
+    autocast_dtype(RuntimeConfig(device="cpu", deterministic=True))
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+
+
+# --- config.py is a leaf: cheap to import, no side effects, and its names agree with the code ---
+
+
+def imported_by(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after `statement`, and whether it changed the environment."""
+    code = (f"import os, sys; before = dict(os.environ); {statement}; "
+            "print(' '.join(sorted(sys.modules))); print(dict(os.environ) == before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout.split("\n")
+    assert out[1] == "True", f"{statement} changed the environment"
+    return set(out[0].split())
+
+
+@pytest.mark.parametrize("statement", ["import neft", "import neft.config", "import neft.config; neft.config.load_config('params.yaml')"])
+def test_reading_the_config_imports_neither_torch_nor_matplotlib(statement):
+    modules = imported_by(statement)
+    heavy = {"torch", "transformers", "matplotlib", "pandas", "sacrebleu"} & modules
+    assert not heavy, f"{statement} imports {sorted(heavy)}"
+    assert {module for module in modules if module.startswith("neft.")} <= {"neft.config", "neft.errors"}
+
+
+@pytest.mark.parametrize("module", ["neft.report", "neft.analysis", "neft.comparison", "neft.experiments"])
+def test_importing_a_plotting_module_leaves_matplotlibs_backend_alone(module):
+    # The backend is the runtime's choice (neft.runtime.setup_runtime), not an import's side effect.
+    code = (f"import matplotlib; matplotlib.rcParams['backend'] = 'svg'; import {module}; "
+            "print(matplotlib.rcParams['backend'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "svg"
+
+
+def test_the_runtime_set_up_draws_plots_to_files(monkeypatch):
+    import matplotlib
+
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    before = matplotlib.get_backend()
+    try:
+        matplotlib.use("svg")
+        setup_runtime(RuntimeConfig(device="cpu"))
+        assert matplotlib.get_backend().lower() == "agg" and os.environ["MPLBACKEND"] == "Agg"
+    finally:
+        matplotlib.use(before)
+
+
+def test_the_configs_names_agree_with_the_modules_that_implement_them():
+    from sacrebleu.metrics.bleu import _TOKENIZERS
+
+    assert neft.config.STRATEGIES == neft.masks.STRATEGIES
+    assert neft.config.DTYPES == neft.models.DTYPES
+    assert neft.config.MODEL_SOURCES == neft.models.SOURCES
+    assert neft.config.NEURON_KINDS == tuple(neft.neurons.NEURON_KINDS)
+    assert neft.config.SCORE_FORMS == neft.neurons.SCORE_FORMS
+    assert set(neft.config.BLEU_TOKENIZERS) == set(_TOKENIZERS)
+
+
+# --- issue 38: checked when params.yaml loads, not after the heavy work ---
+
+
+def test_an_unknown_bleu_tokenizer_is_refused_when_the_config_loads():
+    with pytest.raises(ConfigError, match=r"task.metric_options.bleu_tokenize = 'bogus': must be one of sacreBLEU's tokenizers"):
+        parse_config(with_changes(task__metric_options={"bleu_tokenize": "bogus"}))
+
+
+@pytest.mark.parametrize(("architecture", "message"), [
+    ({"hidden_size": 63}, r"model.architecture.hidden_size = 63: must be a multiple of model.architecture.num_attention_heads \(4\), "
+                          r"e.g. 60 or 64; or set model.architecture.head_dim"),
+    ({"num_key_value_heads": 3}, r"model.architecture.num_attention_heads = 4: must be a multiple of "
+                                 r"model.architecture.num_key_value_heads \(3\)"),
+    ({"num_hidden_layers": 0}, r"model.architecture.num_hidden_layers = 0: must be an integer >= 1"),
+    ({"intermediate_size": "wide"}, r"model.architecture.intermediate_size = 'wide': must be an integer >= 1"),
+])
+def test_a_random_init_architecture_that_cannot_be_built_is_refused(architecture, message):
+    params = compose_params(["model=tiny-llama", "task=jsonl"])
+    params["model"]["architecture"].update(architecture)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(params)
+
+
+def test_gemma3s_head_dim_lets_the_hidden_size_differ_from_heads_times_head_dim():
+    params = compose_params(["model=tiny-gemma3", "task=jsonl"])
+    params["model"]["architecture"]["hidden_size"] = 72
+    assert parse_config(params).model.architecture["hidden_size"] == 72
+
+
+@pytest.mark.parametrize(("written", "value"), [("1e-3", 0.001), ("5E-2", 0.05), ("1.0e-3", 0.001), (".5", 0.5)])
+def test_params_yaml_reads_numbers_as_yaml_1_2_does(tmp_path, written, value):
+    # PyYAML (YAML 1.1) reads 1e-3 as a string; DVC and Hydra read it as a number.
+    text = (ROOT / "params.yaml").read_text()
+    assert "\nratio: " in text
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(f"ratio: {written}" if line.startswith("ratio: ") else line for line in text.split("\n")))
+    assert load_config(path).ratio == value
+
+
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_line_and_column(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 1\nratio: 0.06\ntrain:\n  steps: [1, 2\n  batch_size: 4\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: not valid YAML at line 5, column ") and "fix it there" in message

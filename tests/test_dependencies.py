@@ -8,7 +8,6 @@ import ast
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("neft", "stages")
@@ -58,27 +57,18 @@ def code_closure(module: str) -> set[str]:
     return {path.relative_to(ROOT).as_posix() for path in seen}
 
 
-def foreach_items(foreach: list | str) -> list:
-    """A foreach list as written, or `${a.b}` read from the committed params.yaml as DVC does."""
-    if isinstance(foreach, list):
-        return foreach
-    value = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key in foreach.removeprefix("${").removesuffix("}").split("."):
-        value = value[key]
-    return value
-
-
 def stages() -> dict[str, dict]:
-    """Every stage of dvc.yaml with foreach expanded: name -> {cmd, deps}."""
-    expanded = {}
-    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
-        if "foreach" not in stage:
-            expanded[name] = stage
-            continue
-        for item in foreach_items(stage["foreach"]):
-            body = yaml.safe_dump(stage["do"]).replace("${item}", str(item))
-            expanded[f"{name}@{item}"] = yaml.safe_load(body)
-    return expanded
+    """Every stage as DVC resolves dvc.yaml (anchors, stage vars, foreach, the committed params.yaml),
+    so what is checked is what DVC runs and records in dvc.lock: name -> {cmd, deps, params}."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {stage.addressing: {
+            "cmd": stage.cmd,
+            "deps": [dep.def_path for dep in stage.deps if not isinstance(dep, ParamsDependency)],
+            "params": [key for dep in stage.deps if isinstance(dep, ParamsDependency) for key in dep.params],
+        } for stage in repo.index.stages}
 
 
 STAGES = stages()
@@ -114,3 +104,17 @@ def test_the_closure_follows_imports_transitively():
             "neft/evaluation.py", "neft/tokenization.py"} <= closure
     assert "neft/delta.py" in closure  # through neft.methods
     assert "neft/analysis.py" not in closure
+
+
+def test_every_stage_is_checked():
+    # DVC's resolution, not a reading of the YAML: a stage that failed to resolve would go unchecked.
+    assert {"prepare_data", "probe", "train_neft@0.001", "evaluate_base", "evaluate@lora", "export@neft", "report"} <= set(STAGES)
+    assert STAGES["train_lora@0.004"]["deps"][-1] == "artifacts/budget.json"
+    assert STAGES["evaluate@neft"]["deps"][-1] == "artifacts/chosen/neft.json"
+
+
+def test_config_stays_a_leaf_so_stages_that_only_read_it_do_not_depend_on_the_neuron_code():
+    # neft.config names the choices that neft.masks, neft.models and neft.neurons implement, rather
+    # than importing them (tests/test_config.py checks they agree).
+    assert code_closure("neft.config") == {"neft/__init__.py", "neft/config.py", "neft/errors.py"}
+    assert not {"neft/masks.py", "neft/models.py", "neft/neurons.py"} & code_closure("stages.prepare_data")

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 from conftest import inside, random_batch
 from peft import PeftModel
 from test_dependencies import STAGES
@@ -84,7 +83,7 @@ def test_a_control_mask_changes_the_mask_but_not_the_budget_the_matched_lora_rea
     """Why `dvc exp run -S mask.strategy=random` retrains NeFT but not LoRA: train_lora depends on
     artifacts/budget.json and no mask file or mask param, and the budget's bytes stay the same."""
     directory, config, _ = project
-    lora_stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train_lora"]["do"]
+    lora_stage = next(stage for name, stage in STAGES.items() if name.startswith("train_lora@"))
     assert "artifacts/budget.json" in lora_stage["deps"] and not any(dep.startswith("artifacts/mask") for dep in lora_stage["deps"])
     assert not any(str(param).startswith("mask") for param in lora_stage["params"])
     shutil.copytree(directory, tmp_path / "project")
