@@ -6,10 +6,13 @@ import contextlib
 import json
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from neft.errors import UserError
 
 
 @contextlib.contextmanager
@@ -39,3 +42,47 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+class CorruptFileError(UserError):
+    """A weights or checkpoint file is truncated or not what its name says (a crash mid-write, a full disk,
+    a partial copy)."""
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse a truncated or garbled .safetensors file with one line naming it, from its header alone
+    (cheap at any size): the 8-byte header length, the JSON header, and a file exactly as long as the
+    header's last tensor ends."""
+    path = Path(path)
+    fix = "restore it, or rerun the stage that writes it (dvc repro)"
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if not 2 <= header_length <= size - 8:
+                raise ValueError("header length past the end of the file")
+            header = json.loads(handle.read(header_length))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, IndexError, TypeError):
+        raise CorruptFileError(f"{path}: not a readable .safetensors file (truncated or corrupt, {size} bytes); {fix}") from None
+    if 8 + header_length + end != size:
+        raise CorruptFileError(f"{path}: truncated or corrupt .safetensors file ({size} bytes, its header says "
+                               f"{8 + header_length + end}); {fix}")
+
+
+def check_safetensors_in(directory: Path, names: Iterable[str] | None = None) -> None:
+    """`check_safetensors` on every .safetensors file of `directory` (or on `names` in it, where they exist)."""
+    paths = sorted(Path(directory).glob("*.safetensors")) if names is None else [Path(directory) / name for name in names]
+    for path in paths:
+        if path.is_file():
+            check_safetensors(path)
+
+
+def load_safetensors(path: Path) -> dict[str, Any]:
+    """safetensors.torch.load_file, with a truncated or corrupt file refused as a user error naming it."""
+    from safetensors.torch import load_file  # torch stays out of modules that only write JSON
+
+    check_safetensors(path)
+    return load_file(path)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from neft.errors import UserError
-from neft.neurons import NEURON_KINDS
+from neft.neurons import NEURON_KINDS, DecoderLayout
 
 MASK_FORMAT = "neft-mask/v1"
 STRATEGIES = ("cosine", "reversed", "random")
@@ -42,12 +42,13 @@ class ModelShape:
     total_parameters: int
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> ModelShape:
-        config = model.config
+    def of(cls, model: torch.nn.Module, layout: DecoderLayout | None = None) -> ModelShape:
+        layout = layout or DecoderLayout.of(model)
+        up_proj = model.get_submodule(layout.module_name(0, NEURON_KINDS["in"]))
         return cls(
-            num_layers=config.num_hidden_layers,
-            d_model=config.hidden_size,
-            d_ff=config.intermediate_size,
+            num_layers=layout.num_layers,
+            d_model=up_proj.in_features,
+            d_ff=up_proj.out_features,
             total_parameters=sum(p.numel() for p in model.parameters()),
         )
 
@@ -174,24 +175,72 @@ def mask_to_json(mask: NeuronMask) -> dict[str, Any]:
         "ratio": mask.ratio,
         "strategy": mask.strategy,
         "num_neurons": mask.num_neurons,
-        "model": vars(mask.shape),
+        "model": dict(vars(mask.shape)),  # a copy: vars() is the shape's own __dict__
         "indices": {kind: {str(layer): ids for layer, ids in per_layer.items()} for kind, per_layer in mask.indices.items()},
         "made_from": mask.made_from,
     }
 
 
-def mask_from_json(data: dict[str, Any]) -> NeuronMask:
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def mask_from_json(data: Any, source: str = "mask file") -> NeuronMask:
+    """The mask `data` (as json.loads gives it) records; anything malformed is a MaskError naming
+    `source` and the key, never a traceback or a silently different mask (7.9 is not neuron 7)."""
+    fix = "rerun the mask stage (dvc repro mask) to write it again"
+
+    def bad(key: str, problem: str) -> MaskError:
+        return MaskError(f"{source}: {key} {problem}; {fix}")
+
+    if not isinstance(data, dict):
+        raise MaskError(f"{source}: expected a JSON object, got a {type(data).__name__}; {fix}")
     if data.get("format") != MASK_FORMAT:
-        raise MaskError(f"not a {MASK_FORMAT} file (format = {data.get('format')!r})")
-    mask = NeuronMask(
-        shape=ModelShape(**data["model"]),
-        ratio=float(data["ratio"]),
-        strategy=data.get("strategy", "cosine"),
-        indices={kind: {int(layer): list(ids) for layer, ids in per_layer.items()} for kind, per_layer in data["indices"].items()},
-        made_from=dict(data.get("made_from") or {}),
-    )
+        raise MaskError(f"{source}: not a {MASK_FORMAT} file (format = {data.get('format')!r}); {fix}")
+    for key in ("model", "ratio", "indices", "num_neurons"):
+        if key not in data:
+            raise bad(f"key {key!r}", "is missing")
+    model = data["model"]
+    fields = ("num_layers", "d_model", "d_ff", "total_parameters")
+    if not isinstance(model, dict) or set(model) != set(fields):
+        raise bad("'model'", f"must be an object with exactly the keys {', '.join(fields)}")
+    for name in fields:
+        if not _is_int(model[name]) or model[name] < 1:
+            raise bad(f"'model.{name}' = {model[name]!r}", "must be an integer >= 1")
+    if not _is_number(data["ratio"]):
+        raise bad(f"'ratio' = {data['ratio']!r}", "must be a number")
+    strategy = data.get("strategy", "cosine")
+    if not isinstance(strategy, str):
+        raise bad(f"'strategy' = {strategy!r}", "must be a string")
+    made_from = data.get("made_from") or {}
+    if not isinstance(made_from, dict) or not all(isinstance(value, str) for value in made_from.values()):
+        raise bad("'made_from'", "must be an object of fingerprint strings")
+    if not isinstance(data["indices"], dict):
+        raise bad("'indices'", f"must be an object (kind -> layer -> neuron indices), got a {type(data['indices']).__name__}")
+    indices: dict[str, dict[int, list[int]]] = {}
+    for kind, per_layer in data["indices"].items():
+        if not isinstance(per_layer, dict):
+            raise bad(f"'indices.{kind}'", "must be an object (layer -> neuron indices)")
+        indices[kind] = {}
+        for layer, ids in per_layer.items():
+            if not (isinstance(layer, str) and layer.isdecimal()):
+                raise bad(f"'indices.{kind}' layer {layer!r}", "must be a layer number")
+            if not isinstance(ids, list):
+                raise bad(f"'indices.{kind}.{layer}'", "must be a list of neuron indices")
+            for position, index in enumerate(ids):
+                if not _is_int(index):
+                    raise bad(f"'indices.{kind}.{layer}'[{position}] = {index!r}", "must be an integer neuron index")
+            indices[kind][int(layer)] = list(ids)
+    if not _is_int(data["num_neurons"]):
+        raise bad(f"'num_neurons' = {data['num_neurons']!r}", "must be an integer")
+    mask = NeuronMask(shape=ModelShape(**model), ratio=float(data["ratio"]), strategy=strategy, indices=indices,
+                      made_from=dict(made_from))
     if mask.num_neurons != data["num_neurons"]:
-        raise MaskError(f"mask file says {data['num_neurons']} neurons but lists {mask.num_neurons}")
+        raise MaskError(f"{source}: says {data['num_neurons']} neurons but lists {mask.num_neurons}; {fix}")
     return mask
 
 
@@ -204,7 +253,7 @@ def load_mask(path: Path) -> NeuronMask:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise MaskError(f"{path}: cannot read mask ({error})") from None
-    return mask_from_json(data)
+    return mask_from_json(data, str(path))
 
 
 def summarize_mask(mask: NeuronMask) -> dict[str, Any]:

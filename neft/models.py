@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from neft.errors import ConfigError
+from neft.io import check_safetensors_in
 from neft.neurons import require_supported_architecture
 
 if TYPE_CHECKING:
@@ -169,7 +170,9 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_d
 
 
 def load_model(model_dir: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a checkpoint written by `save_model` (safetensors, no network)."""
+    """Load a checkpoint written by `save_model` (safetensors, no network); a truncated weights file is a
+    one-line user error naming it, not transformers' traceback."""
+    check_safetensors_in(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or "auto")
     return model
 

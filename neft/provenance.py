@@ -3,7 +3,9 @@ is loaded, so that a mask, delta or adapter from another base model is refused e
 agree (a fine-tuned sibling, a re-quantised copy).
 
 A model directory's fingerprint is the sha256 of its safetensors files, in name order; the stage that
-writes the weights stores it in `fingerprint.json` beside them, so readers need not rehash gigabytes.
+writes the weights stores it in `fingerprint.json` beside them, with each file's size and modification
+time, so readers need not rehash gigabytes: they rehash only when a file's size or time differs from
+the record (weights copied over, a `dvc checkout`), and refuse weights whose hash then differs too.
 A file's fingerprint (mask.json) is the sha256 of its bytes.
 """
 
@@ -44,19 +46,46 @@ def weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _identities(model_dir: Path) -> dict[str, list[int]]:
+    """name -> [size, modification time in ns] of the directory's safetensors files."""
+    return {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in sorted(Path(model_dir).glob("*.safetensors"))}
+
+
 def record_fingerprint(model_dir: Path) -> str:
-    """Fingerprint freshly written weights and store it beside them."""
+    """Fingerprint freshly written weights and store it beside them, with the files' sizes and times."""
     fingerprint = weights_sha256(model_dir)
-    (Path(model_dir) / FINGERPRINT_FILE).write_text(json.dumps({"sha256": fingerprint}) + "\n")
+    record = {"sha256": fingerprint, "files": _identities(model_dir)}
+    (Path(model_dir) / FINGERPRINT_FILE).write_text(json.dumps(record) + "\n")
     return fingerprint
 
 
+_verified: dict[tuple[str, str], str] = {}  # (directory, identities) -> fingerprint, already hashed in this process
+
+
 def model_fingerprint(model_dir: Path) -> str:
-    """The stored fingerprint of a model directory (computed when none was stored: your own model)."""
-    stored = Path(model_dir) / FINGERPRINT_FILE
-    if stored.is_file():
-        return json.loads(stored.read_text())["sha256"]
-    return weights_sha256(model_dir)
+    """The fingerprint of a model directory: the stored one while the files' sizes and times are those it
+    recorded; otherwise the files are hashed again (once per process), and weights whose hash differs from
+    the record (another model copied over these) are refused. Without a stored one (your own model), the hash."""
+    model_dir = Path(model_dir)
+    stored = model_dir / FINGERPRINT_FILE
+    if not stored.is_file():
+        return weights_sha256(model_dir)
+    try:
+        record = json.loads(stored.read_text())
+        recorded = record["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ProvenanceError(f"{stored}: not a fingerprint record; rerun the stage that writes {model_dir} (dvc repro)") from None
+    identities = _identities(model_dir)
+    if record.get("files") == identities:
+        return recorded
+    key = (str(model_dir.resolve()), json.dumps(identities))
+    if key not in _verified:
+        _verified[key] = weights_sha256(model_dir)
+    if _verified[key] != recorded:
+        raise ProvenanceError(f"{model_dir}: the weights are not the ones {stored} records (sha256 {_verified[key][:16]}..., "
+                              f"recorded {recorded[:16]}...): they were replaced or damaged; restore them "
+                              f"(dvc checkout {model_dir}) or rerun the stage that writes them (dvc repro)")
+    return recorded
 
 
 def write_made_from(directory: Path, made_from: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ the assistant part only; generation feeds the prompt with the assistant header a
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -48,12 +49,27 @@ def encode_for_training(tokenizer: PreTrainedTokenizerBase, example: Example, ma
     return EncodedExample(input_ids=input_ids, labels=labels)
 
 
-def encode_all(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
+def encode_counted(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
+                   source: str = "the data") -> tuple[list[EncodedExample], int]:
+    """`encode_for_training` of every example, and how many were left out because their prompt alone fills
+    `max_length` (nothing of the answer would remain to learn from). Leaving some out prints one warning
+    line with the count and the fix; leaving out all is a DataError."""
     encoded = [encode_for_training(tokenizer, example, max_length) for example in examples]
     kept = [item for item in encoded if item is not None]
+    dropped = len(encoded) - len(kept)
     if not kept:
-        raise DataError(f"every example's prompt is longer than max_length={max_length}")
-    return kept
+        raise DataError(f"every example's prompt is longer than max_length={max_length} ({source}: {dropped} examples); "
+                        f"raise task.max_length")
+    if dropped:
+        print(f"warning: {source}: {dropped} of {len(encoded)} examples have a prompt of max_length={max_length} tokens "
+              f"or more and are left out; raise task.max_length to keep them", file=sys.stderr)
+    return kept, dropped
+
+
+def encode_all(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], max_length: int,
+               source: str = "the data") -> list[EncodedExample]:
+    """`encode_counted` without the count (the warning line still reports it)."""
+    return encode_counted(tokenizer, examples, max_length, source)[0]
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int) -> list[EncodedExample]:

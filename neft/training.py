@@ -16,8 +16,10 @@ ending with the same losses and parameters as a run that was never stopped (bit-
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from neft.distributed import ONE_PROCESS, Ranks
+from neft.errors import UserError
 from neft.measure import MemoryWindow, StepTimer, gradient_bytes, optimizer_state_bytes
 from neft.tokenization import IGNORE_INDEX
 
@@ -76,11 +79,14 @@ class TrainResult:
 @dataclass(frozen=True)
 class Checkpoints:
     """Where and how often the loop checkpoints, and what the run is made of: a checkpoint whose
-    fingerprint differs (other config, data or weights) belongs to another run and is ignored."""
+    fingerprint differs (other config, data or weights) belongs to another run and is ignored. An
+    unreadable one (truncated, garbage) is a user error naming the file: `check` finds it before the
+    stage touches its reports, and hands what it read to the loop's `load`."""
 
     directory: Path
     every: int
     fingerprint: str
+    _read_ahead: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     FORMAT = "neft-checkpoint/v1"
 
@@ -95,11 +101,27 @@ class Checkpoints:
         torch.save({"format": self.FORMAT, "fingerprint": self.fingerprint, **state}, scratch)
         os.replace(scratch, self.path)
 
+    def check(self) -> None:
+        """Read the checkpoint now, so that an unreadable one fails before anything is written; the
+        next `load` returns what this read (once), so a large checkpoint is read only once."""
+        self._read_ahead["state"] = self._read()
+
     def load(self) -> dict | None:
+        if "state" in self._read_ahead:
+            return self._read_ahead.pop("state")
+        return self._read()
+
+    def _read(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("format") != self.FORMAT or state.get("fingerprint") != self.fingerprint:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, OSError) as error:
+            if isinstance(error, OSError) and error.errno != errno.EINVAL:  # EINVAL: torch's zip reader on a cut-short file
+                raise
+            raise UserError(f"{self.path}: unreadable checkpoint, truncated or corrupt (torch.load: {type(error).__name__}); "
+                            f"delete it to restart this run from scratch: rm {self.path}") from None
+        if not isinstance(state, dict) or state.get("format") != self.FORMAT or state.get("fingerprint") != self.fingerprint:
             return None
         return state
 

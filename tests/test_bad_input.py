@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, inside
+from conftest import TINY, inside, run_name_of
 
 from neft.config import compose_params
 
@@ -84,6 +84,53 @@ def disk_full(directory: Path, params: dict) -> None:
     neft.data.records.write_jsonl = no_space  # restored by the test (monkeypatch below)
 
 
+def corrupt_checkpoint(content: Callable[[bytes], bytes], run: str = "probe") -> Mutation:
+    """Leave checkpoints/<run>/checkpoint.pt as a crash mid-write or a full disk can: a real checkpoint
+    of this run, passed through `content` (garbage, or cut short)."""
+    def mutate(directory: Path, params: dict) -> None:
+        import torch
+
+        path = directory / "checkpoints" / run / "checkpoint.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": "neft-checkpoint/v1", "fingerprint": "f" * 64, "step": 1, "parameters": [torch.ones(64, 64)]}, path)
+        path.write_bytes(content(path.read_bytes()))
+        assert (directory / "reports/train" / run / "plots").is_dir(), "the run's plots exist, to be kept"
+    return mutate
+
+
+def truncated(path: str) -> Mutation:
+    """Cut a file to half its length, as a crash mid-copy or a full disk leaves it."""
+    def mutate(directory: Path, params: dict) -> None:
+        file = directory / path
+        file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])
+    return mutate
+
+
+def mask_json(change: Callable[[dict], object]) -> Mutation:
+    """Rewrite artifacts/mask/mask.json as `change` returns it (or as it changed it in place)."""
+    def mutate(directory: Path, params: dict) -> None:
+        file = directory / "artifacts/mask/mask.json"
+        data = json.loads(file.read_text())
+        changed = change(data)
+        file.write_text(json.dumps(data if changed is None else changed))
+    return mutate
+
+
+def a_fractional_index(data: dict) -> None:
+    kind = next(iter(data["indices"]))
+    layer = next(iter(data["indices"][kind]))
+    data["indices"][kind][layer][0] += 0.9
+
+
+def weights_copied_over(source: str, target: str) -> Mutation:
+    """Copy another run's weights over `target` (a new modification time, as cp gives), keeping target's fingerprint.json."""
+    def mutate(directory: Path, params: dict) -> None:
+        shutil.copyfile(directory / source, directory / target)
+    return mutate
+
+
+FULL_RUN = run_name_of("full")
+
 CASES = [
     BadInput("unknown method", ["train", "prefix"], lambda d, p: None, r"unknown training run 'prefix'; choose one of"),
     BadInput("unknown model source", ["prepare_model"], params_change(**{"model.source": "nowhere"}),
@@ -130,6 +177,26 @@ CASES = [
     BadInput("runtime.device=cuda without a GPU", ["train", "probe"], params_change(**{"runtime.device": "cuda"}),
              r"runtime.device = 'cuda' but no CUDA device is visible; use runtime.device=auto or cpu"),
     BadInput("disk full while writing", ["prepare_data"], disk_full, r"no space left on device \(.*train.jsonl\); free some and rerun"),
+    BadInput("a garbage checkpoint", ["train", "probe"], corrupt_checkpoint(lambda data: b"\x00garbage" * 64),
+             r"checkpoints/probe/checkpoint.pt: unreadable checkpoint, truncated or corrupt .*; "
+             r"delete it to restart this run from scratch: rm checkpoints/probe/checkpoint.pt"),
+    BadInput("a truncated checkpoint", ["train", "probe"], corrupt_checkpoint(lambda data: data[:len(data) // 2]),
+             r"checkpoints/probe/checkpoint.pt: unreadable checkpoint, truncated or corrupt .*; delete it"),
+    BadInput("a truncated base model", ["train", "probe"], truncated("artifacts/model/model.safetensors"),
+             r"artifacts/model/model.safetensors: truncated or corrupt .safetensors file \(\d+ bytes, its header says \d+\); "
+             r"restore it, or rerun the stage that writes it"),
+    BadInput("truncated full-FT weights", ["evaluate", "full"], truncated(f"artifacts/train/{FULL_RUN}/model.safetensors"),
+             rf"artifacts/train/{FULL_RUN}/model.safetensors: truncated or corrupt .safetensors file"),
+    BadInput("a fractional mask index", ["train", "neft"], mask_json(a_fractional_index),
+             r"artifacts/mask/mask.json: 'indices\.\w+\.\d+'\[0\] = \d+\.9 must be an integer neuron index; rerun the mask stage"),
+    BadInput("a mask without its indices", ["train", "neft"], mask_json(lambda data: data.pop("indices") and None),
+             r"artifacts/mask/mask.json: key 'indices' is missing; rerun the mask stage"),
+    BadInput("a mask that is a list", ["train", "neft"], mask_json(lambda data: [data]),
+             r"artifacts/mask/mask.json: expected a JSON object, got a list; rerun the mask stage"),
+    BadInput("full-FT weights copied over the base model", ["export", "neft"],
+             weights_copied_over(f"artifacts/train/{FULL_RUN}/model.safetensors", "artifacts/model/model.safetensors"),
+             r"artifacts/model: the weights are not the ones artifacts/model/fingerprint.json records .*: "
+             r"they were replaced or damaged; restore them"),
 ]
 
 

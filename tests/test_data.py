@@ -5,7 +5,7 @@ import pytest
 from neft.config import TaskConfig, parse_section
 from neft.data.records import DataError, Example, read_jsonl, subsample, write_jsonl
 from neft.data.sources import build_splits, drop_test_overlap, pairs_from_parallel_sets, pairs_from_translation_column
-from neft.tokenization import IGNORE_INDEX, encode_all, encode_for_training, training_batches
+from neft.tokenization import IGNORE_INDEX, encode_all, encode_counted, encode_for_training, training_batches
 
 
 def write_lines(path, rows):
@@ -124,3 +124,32 @@ def test_prompts_for_analysis_are_truncated_not_dropped(tokenizer):
     encoded = encode_prompts(tokenizer, ["x" * 300, "short"], max_length=64)
     assert [len(item.input_ids) for item in encoded][0] == 64
     assert len(encoded) == 2
+
+
+def test_line_and_paragraph_separators_inside_strings_read_back(tmp_path):
+    """JSON allows U+2028, U+2029 and U+0085 raw inside strings and write_jsonl writes them raw: only
+    "\n" (or "\r\n") ends a record, so prepared data reads back as written."""
+    examples = [Example("1", "line\u2028separator", "para\u2029graph"), Example("2", "next\x85line", "t")]
+    write_jsonl(tmp_path / "x.jsonl", examples)
+    assert "\u2028" in (tmp_path / "x.jsonl").read_text(encoding="utf-8")
+    assert read_jsonl(tmp_path / "x.jsonl") == examples
+    (tmp_path / "crlf.jsonl").write_bytes(b'{"id": "1", "prompt": "p", "target": "t"}\r\n\r\n{"id": "2", "prompt": "q", "target": "u"}\r\n')
+    assert [example.id for example in read_jsonl(tmp_path / "crlf.jsonl")] == ["1", "2"]
+    write_lines(tmp_path / "bad.jsonl", [{"id": "1", "prompt": "p", "target": "t"}])
+    with (tmp_path / "bad.jsonl").open("a") as handle:
+        handle.write('{"id": "2", "prompt": "half\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+        read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_examples_longer_than_max_length_are_counted_with_a_warning_and_all_of_them_are_an_error(tokenizer, capsys):
+    short = [Example(str(i), "hi", "ok") for i in range(3)]
+    long = [Example(f"long{i}", "a long prompt " * 20, "ok") for i in range(2)]
+    kept, dropped = encode_counted(tokenizer, short + long, max_length=64, source="data/prepared/train.jsonl")
+    assert (len(kept), dropped) == (3, 2)
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and warning.startswith("warning: data/prepared/train.jsonl: 2 of 5 examples"), warning
+    assert "raise task.max_length" in warning
+    assert encode_all(tokenizer, short, max_length=64) == kept and capsys.readouterr().err == "", "nothing dropped: no warning"
+    with pytest.raises(DataError, match=r"every example's prompt is longer than max_length=64 .*raise task.max_length"):
+        encode_all(tokenizer, long, max_length=64)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -160,3 +162,29 @@ def test_random_control_is_reproducible_by_seed_and_ignores_scores():
 def test_unknown_strategy_is_rejected():
     with pytest.raises(MaskError, match="unknown mask strategy 'magnitude'"):
         build_mask(fake_scores(), SHAPE, 0.03, strategy="magnitude")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda data: data["indices"]["in"].__setitem__("0", [1, 7.9]), r"'indices.in.0'\[1\] = 7.9 must be an integer neuron index"),
+    (lambda data: data["indices"]["in"].__setitem__("0", [True]), r"'indices.in.0'\[0\] = True must be an integer"),
+    (lambda data: data["indices"]["in"].__setitem__("0", "1, 2"), r"'indices.in.0' must be a list of neuron indices"),
+    (lambda data: data["indices"]["in"].__setitem__("x", [1]), r"'indices.in' layer 'x' must be a layer number"),
+    (lambda data: data.__setitem__("indices", [[1, 2]]), r"'indices' must be an object"),
+    (lambda data: data.pop("model"), r"key 'model' is missing"),
+    (lambda data: data["model"].pop("d_ff"), r"'model' must be an object with exactly the keys"),
+    (lambda data: data.__setitem__("ratio", "0.05"), r"'ratio' = '0.05' must be a number"),
+])
+def test_a_structurally_broken_mask_names_the_file_and_key(tmp_path, change, message):
+    data = mask_to_json(build_mask(fake_scores(), SHAPE, 0.05))
+    data["indices"]["in"] = {"0": [1], **data["indices"]["in"]}
+    data["num_neurons"] = sum(len(ids) for per_layer in data["indices"].values() for ids in per_layer.values())
+    change(data)
+    (tmp_path / "mask.json").write_text(json.dumps(data))
+    with pytest.raises(MaskError, match=rf"^{tmp_path}/mask.json: .*{message}.*; rerun the mask stage"):
+        load_mask(tmp_path / "mask.json")
+
+
+def test_a_mask_that_is_a_list_names_the_file(tmp_path):
+    (tmp_path / "mask.json").write_text("[]")
+    with pytest.raises(MaskError, match=r"mask.json: expected a JSON object, got a list"):
+        load_mask(tmp_path / "mask.json")

@@ -4,6 +4,8 @@ mask, delta or adapter made for another base model is refused even when every sh
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ import torch
 from conftest import TINY_ARCHITECTURE, inside, random_mask
 
 from neft.artifacts import BASE_MODEL_DIR, MASK_FILE, PROBE_DIR, SCORES_DIR, chosen_run, eval_dir, weights_dir
+from neft.io import CorruptFileError, load_safetensors
 from neft.methods import load_trained_model, lora_finetuning, neft_finetuning, save_lora_adapter
-from neft.models import build_random_model
+from neft.models import build_random_model, load_model
 from neft.provenance import ProvenanceError, model_fingerprint, record_fingerprint, write_made_from
 from stages.train import train
 
@@ -84,3 +87,41 @@ def test_training_neft_on_a_mask_from_another_base_is_refused_before_any_work(pr
                 train("neft", config)
         finally:
             MASK_FILE.write_bytes(original)
+
+
+def test_weights_swapped_under_a_fingerprint_are_refused_and_a_touch_alone_is_not(two_bases):
+    """Readers trust fingerprint.json while each file's size and modification time are the recorded
+    ones; otherwise they hash again, and refuse weights whose hash differs from the record."""
+    (base_a, fingerprint_a), (base_b, fingerprint_b) = two_bases
+    record = json.loads((base_a / "fingerprint.json").read_text())
+    assert record["sha256"] == fingerprint_a and set(record["files"]) == {"model.safetensors"}
+    assert model_fingerprint(base_a) == fingerprint_a
+    weights = base_a / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # as a dvc checkout may leave it
+    assert model_fingerprint(base_a) == fingerprint_a, "same bytes, new time: hashed again and accepted"
+    shutil.copyfile(base_b / "model.safetensors", weights)  # the other model's weights, same size
+    with pytest.raises(ProvenanceError, match=rf"{base_a}: the weights are not the ones .*fingerprint.json records "
+                                              rf"\(sha256 {fingerprint_b[:16]}\.\.\., recorded {fingerprint_a[:16]}\.\.\.\)"):
+        model_fingerprint(base_a)
+    (base_a / "fingerprint.json").write_text(json.dumps({"sha256": fingerprint_a}))  # as written before sizes and times
+    with pytest.raises(ProvenanceError, match="the weights are not the ones"):
+        model_fingerprint(base_a)
+    assert model_fingerprint(base_b) == fingerprint_b
+
+
+def test_a_truncated_safetensors_file_is_one_user_error_naming_it(two_bases, tmp_path):
+    (base_a, _), _ = two_bases
+    weights = base_a / "model.safetensors"
+    assert set(load_safetensors(weights)) and load_model(base_a) is not None
+    content = weights.read_bytes()
+    for cut in (0, 7, 100, len(content) // 2, len(content) - 1):
+        weights.write_bytes(content[:cut])
+        with pytest.raises(CorruptFileError, match=rf"^{weights}: (not a readable|truncated or corrupt) .safetensors file "
+                                                   rf"\(.*{cut} bytes.*\); restore it, or rerun the stage that writes it"):
+            load_safetensors(weights)
+        with pytest.raises(CorruptFileError, match=rf"^{weights}: "):
+            load_model(base_a)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    with pytest.raises(CorruptFileError, match=r"garbage.safetensors: not a readable .safetensors file"):
+        load_safetensors(garbage)

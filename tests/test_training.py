@@ -5,9 +5,10 @@ import torch
 from conftest import random_batch
 
 from neft.data.records import Example
+from neft.errors import UserError
 from neft.methods import full_finetuning, lora_finetuning
 from neft.tokenization import encode_all, training_batches
-from neft.training import TrainSettings, backward_on_batch, causal_lm_loss, linear_schedule, train
+from neft.training import Checkpoints, TrainSettings, backward_on_batch, causal_lm_loss, linear_schedule, train
 
 
 def cycle(batches):
@@ -112,3 +113,21 @@ def test_one_pass_back_propagates_the_batch_loss_unchanged(tiny_model):
     tiny_model.zero_grad(set_to_none=True)
     backward_on_batch(tiny_model, batch, None)
     assert all(torch.equal(p.grad, g) for p, g in zip(tiny_model.parameters(), plain, strict=True))
+
+
+def test_an_unreadable_checkpoint_is_a_user_error_and_check_hands_its_read_to_load(tmp_path, monkeypatch):
+    checkpoints = Checkpoints(tmp_path / "run", every=1, fingerprint="f" * 64)
+    assert checkpoints.load() is None
+    checkpoints.save({"step": 3, "parameters": [torch.ones(8, 8)]})
+    content = checkpoints.path.read_bytes()
+    reads = []
+    original_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: reads.append(args) or original_load(*args, **kwargs))
+    checkpoints.check()
+    assert checkpoints.load()["step"] == 3 and len(reads) == 1, "the stage's check and the loop's load read the file once"
+    assert Checkpoints(tmp_path / "run", every=1, fingerprint="0" * 64).load() is None, "another run's checkpoint is ignored"
+    for broken in (b"", content[:len(content) // 2], content[:-1], b"\x00garbage" * 8):
+        checkpoints.path.write_bytes(broken)
+        with pytest.raises(UserError, match=rf"^{checkpoints.path}: unreadable checkpoint, truncated or corrupt .*; "
+                                            rf"delete it to restart this run from scratch: rm {checkpoints.path}$"):
+            checkpoints.check()

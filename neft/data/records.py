@@ -42,7 +42,9 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except UnicodeDecodeError as error:
         line_number = path.read_bytes()[:error.start].count(b"\n") + 1
         raise DataError(f"{path}:{line_number}: not UTF-8 (byte {error.object[error.start]:#04x}); save the file as UTF-8") from None
-    for line_number, line in enumerate(text.splitlines(), 1):
+    # "\n" alone ends a line (and "\r\n": json.loads ignores the "\r"): str.splitlines() would also break
+    # at U+2028, U+2029 and U+0085, which JSON allows raw inside strings and write_jsonl writes raw.
+    for line_number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
