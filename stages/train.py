@@ -152,6 +152,7 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
                               run_fingerprint(method, recipe))
     batches = map(ranks.shard, training_batches(train_items, batch_size, tokenizer.pad_token_id, seed))
     model_in_training, parameters = wrap_for_training(trainable.model, trainable.parameters, ranks, device, config.runtime.strategy)
+    checkpoints.check()  # an unreadable checkpoint fails here, before Live empties this run's plots and metrics
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
         on_step = _dvclive_logger(live) if ranks.is_main else None
         if method == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
