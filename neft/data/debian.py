@@ -2,6 +2,7 @@
 
     python -m neft.data.debian bible                     # the SWORD modules -> ~/.cache/neft/sword
     python -m neft.data.debian gettext [overrides]       # task=gettext-en-zh's catalogs -> task.locale_dir
+    python -m neft.data.debian gettext-tests             # the tests' two .deb files -> ~/.cache/neft/gettext-tests
 
 Some task data ships in Debian packages (SWORD Bible modules, gettext catalogs). Installing them
 needs root and runs their maintainer scripts (a database server, init and PAM changes, for a few
@@ -14,6 +15,11 @@ from; `apt-get download` then fails once the mirror drops that version (snapshot
 
 The cache lives in the user's cache directory, not in the project: `dvc exp run --queue` and
 `--temp` run in fresh clones of the repository, which would not carry git-ignored data.
+
+The pipeline's set-up (`bash setup.sh`, run by `make pipeline`) unpacks `bible` and `gettext`; the
+tests' set-up (`bash setup.sh tests`, run by `make setup` and `make test`) only downloads
+`gettext-tests`: the .deb files of two small packages of the task (670 KiB), at their pinned
+versions, kept as they are, so that a test unpacks real packages offline, without the task's 34.
 """
 
 from __future__ import annotations
@@ -35,7 +41,12 @@ from neft.io import atomic_directory, write_json
 
 VERSIONS_FILE = gettext.UNPACKED_VERSIONS_FILE  # where the gettext reader takes package versions from
 USER_ERROR_EXIT = 2  # the stages' exit status for a user error (stages/_common.py)
-TARGETS = ("bible", "gettext")
+TARGETS = ("bible", "gettext", "gettext-tests")
+# The tests' real packages: small, and sed's pinned version is not the one installed where the
+# committed En->Zh data was prepared (the mirror dropped it), yet its zh_CN catalog has the same bytes.
+TEST_PACKAGES = ("diffutils", "sed")
+TEST_DEB_DIR = Path("~/.cache/neft/gettext-tests")
+TEST_COMMAND = "python -m neft.data.debian gettext-tests"
 
 
 def recorded_versions(destination: Path) -> dict[str, str] | None:
@@ -119,11 +130,31 @@ def unpack_catalogs(packages: Sequence[str], language: str, locale_dir: Path) ->
                            locale_dir, gettext.unpack_command(locale_dir))
 
 
+def debs_in(directory: Path) -> dict[str, Path]:
+    return {deb_field(deb, "Package"): deb for deb in sorted(directory.glob("*.deb"))} if directory.is_dir() else {}
+
+
+def fetch_test_debs() -> dict[str, Path]:
+    """{package: its .deb} for TEST_PACKAGES at their pinned versions, downloaded into TEST_DEB_DIR
+    unless they are there already."""
+    pins = {package: gettext.PINNED_VERSIONS[package] for package in TEST_PACKAGES}
+    directory = TEST_DEB_DIR.expanduser()
+    debs = debs_in(directory)
+    if sorted(debs) != sorted(pins) or any(deb_field(debs[package], "Version") != pins[package] for package in pins):
+        with atomic_directory(directory) as scratch:
+            download_debs(pins, scratch, TEST_COMMAND)
+        debs = debs_in(directory)
+    return debs
+
+
 def unpack_target(target: str, overrides: Sequence[str]) -> dict[str, str]:
-    if target not in TARGETS or (overrides and target == "bible"):
-        raise UserError("usage: python -m neft.data.debian bible | gettext [hydra overrides of task=gettext-en-zh]")
+    if target not in TARGETS or (overrides and target != "gettext"):
+        raise UserError("usage: python -m neft.data.debian bible | gettext [hydra overrides of task=gettext-en-zh] "
+                        "| gettext-tests")
     if target == "bible":
         return unpack_modules()
+    if target == "gettext-tests":
+        return {package: deb_field(deb, "Version") for package, deb in fetch_test_debs().items()}
     from neft.config import compose_config  # loads torch: only where the task config is needed
 
     task = compose_config(["task=gettext-en-zh", *overrides]).task
