@@ -164,9 +164,9 @@ def build_index(config: dict[str, Any], strict: bool = True) -> list[dict[str, A
         for method, paths in sorted(files.items()):
             entry_id = f"{run_id}:{method}"
             train = json.loads(paths["train"].read_text()) if "train" in paths else {}
-            if not train and isinstance(report.get(method), dict):
-                train = {key: report[method][key] for key in ("learning_rate", "trainable_percent") if key in report[method]}
             metrics = json.loads(paths["metrics"].read_text()) if "metrics" in paths else dict(report.get(method) or {})
+            for source in (report.get(method) or {}, metrics):  # what a run without a training summary recorded elsewhere
+                train = {**{key: source[key] for key in ("learning_rate", "trainable_percent") if key in source}, **train}
             anchor = paths.get("predictions") or paths.get("metrics") or paths.get("train") or paths["valid_loss"]
             if question.startswith("archive/"):
                 status = "superseded"
@@ -235,9 +235,14 @@ def _p(value: float | None) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _scientific(rate: float) -> str:
+    mantissa, exponent = f"{rate:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _rate(entries: list[dict[str, Any]]) -> str:
     rates = sorted({entry["learning_rate"] for entry in entries if entry["learning_rate"] is not None})
-    return " / ".join(f"{rate:g}" for rate in rates) or "-"
+    return " / ".join(_scientific(rate) for rate in rates) or "-"
 
 
 def scores_table(question: Question, table: dict[str, Any]) -> str:
@@ -321,10 +326,42 @@ def question_tables(question: Question) -> dict[str, str]:
     survive = sum(row["holm"] < ALPHA for row in rows)
     tables[f"{question.name}/multiple_comparisons"] = (
         f"This page runs {tests} paired tests (comparisons x metrics). At p < {ALPHA} about {tests * ALPHA:.1f} of them would "
-        f"fall below it by chance if no difference were real; {below} do, and {survive} stay below {ALPHA} after Holm's "
-        "correction over all of them (column \"p Holm\").") if tests else "This page runs no paired test."
+        f"fall below it by chance if no difference were real; {below} do, and {survive} of them remain below {ALPHA} after "
+        "Holm's correction over all of them (column \"p Holm\"). Read a single p near 0.05 with that in mind.") \
+        if tests else "This page runs no paired test."
     question.rows = rows  # type: ignore[attr-defined]
     return tables
+
+
+def learning_curve_figure(question: Question, path: Path) -> None:
+    """Each method's score against its training steps, one system per (steps, method) of the figure's table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = question.spec["figure"]
+    metric = spec["metric"]
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for system in question.spec["tables"][spec["table"]]["systems"]:
+        entries = question.members(system)
+        scores = [float(task_metrics(question.spec["kind"], list(frame["prediction"]), list(frame["reference"]),
+                                     question.options)[metric]) for frame in question.predictions(system)]
+        label = system.split(" (")[0]
+        curves.setdefault(label, []).append((entries[0]["steps"], float(np.mean(scores))))
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    for label, points in curves.items():
+        steps, values = zip(*sorted(points), strict=True)
+        axes.plot(steps, values, marker="o", label=label)
+    axes.set_xlabel("training steps (batch 8)")
+    axes.set_ylabel(METRIC_LABELS[metric])
+    axes.set_title(spec.get("title", ""), fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
 
 
 def readme_table(config: dict[str, Any], questions: dict[str, Question]) -> str:
@@ -386,6 +423,11 @@ def regenerate(out: Path, index_only: bool = False) -> list[Path]:
         question, table = name.split("/")
         if question != "readme":
             write(f"{RECORDS}/{question}/tables/{table}.md", text + "\n")
+    for question in questions.values():
+        if "figure" in question.spec:
+            figure_path = out / question.spec["figure"]["file"]
+            learning_curve_figure(question, figure_path)
+            written.append(figure_path)
     for page in [spec["page"] for spec in config["questions"].values()] + ["README.md"]:
         if (ROOT / page).is_file():
             write(page, splice((ROOT / page).read_text(), tables, page))
