@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 
 from bench_training import MB, _resolve_device
 from neft.measure import MemoryWindow, StepTimer, device_description
-from neft.neurons import resolve_kinds, score_neurons, weight_name
+from neft.neurons import DecoderLayout, resolve_kinds, score_neurons
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +58,7 @@ def write_checkpoint_pair(base_dir: Path, tuned_dir: Path, layers: int, d_model:
     for directory in (base_dir, tuned_dir):
         directory.mkdir(parents=True)
     maps: dict[Path, dict[str, str]] = {base_dir: {}, tuned_dir: {}}
+    layout = DecoderLayout("model.layers", "mlp", layers)  # a Llama checkpoint's names
     for layer in range(layers):
         shard = f"model-{layer + 1:05d}-of-{layers:05d}.safetensors"
         base_tensors, tuned_tensors = {}, {}
@@ -65,7 +66,7 @@ def write_checkpoint_pair(base_dir: Path, tuned_dir: Path, layers: int, d_model:
             shape = (d_ff, d_model) if kind.axis == 0 else (d_model, d_ff)
             weight = 0.02 * torch.randn(shape, generator=generator)
             noise = 1e-3 * weight.std() * torch.randn(shape, generator=generator)
-            name = weight_name(layer, kind)
+            name = layout.weight_name(layer, kind)
             base_tensors[name], tuned_tensors[name] = weight.to(dtype), (weight + noise).to(dtype)
             total += base_tensors[name].numel() * base_tensors[name].element_size()
         for directory, tensors in ((base_dir, base_tensors), (tuned_dir, tuned_tensors)):

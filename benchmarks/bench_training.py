@@ -302,10 +302,10 @@ def score_worker(args: argparse.Namespace) -> dict[str, Any]:
     from neft.measure import StepTimer
     from neft.neurons import (
         CheckpointReader,
+        DecoderLayout,
         iter_neuron_scores,
         resolve_kinds,
         score_neurons,
-        weight_name,
     )
 
     device = _resolve_device(args.device)
@@ -313,8 +313,8 @@ def score_worker(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model, source = load_benchmark_model(args.model, device)
     kinds = resolve_kinds(["in", "out"])
-    num_layers = model.config.num_hidden_layers
-    names = [weight_name(layer, kind) for layer in range(num_layers) for kind in kinds]
+    layout = DecoderLayout.of(model)
+    names = [layout.weight_name(layer, kind) for layer in range(layout.num_layers) for kind in kinds]
     base = {name: model.get_parameter(name).detach() for name in names}
     use_probe = args.model == "smollm2" and (PROBE_DIR / "model.safetensors").is_file()
     if use_probe:
@@ -332,7 +332,7 @@ def score_worker(args: argparse.Namespace) -> dict[str, Any]:
     def run_once():
         timer = StepTimer(device)
         timer.start()
-        out = list(iter_neuron_scores(base.__getitem__, tuned.__getitem__, num_layers, kinds, device))
+        out = list(iter_neuron_scores(base.__getitem__, tuned.__getitem__, layout, kinds, device))
         return timer.stop(), out
 
     run_once()  # warm-up (first-touch, kernel selection)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from neft.masks import NeuronMask
-from neft.neurons import NEURON_KINDS, weight_name
+from neft.neurons import NEURON_KINDS, DecoderLayout
 
 
 def mask_members(mask: NeuronMask) -> set[tuple[str, int, int]]:
@@ -56,7 +56,7 @@ def layer_mean_hidden_states(model: nn.Module, batches: Sequence[dict[str, torch
 def neuron_vectors(model: nn.Module, kind: str, layer: int) -> torch.Tensor:
     """[d_ff, d_model]: every neuron of one kind in one layer as a d_model vector."""
     spec = NEURON_KINDS[kind]
-    weight = model.get_parameter(weight_name(layer, spec)).detach().float()
+    weight = model.get_parameter(DecoderLayout.of(model).weight_name(layer, spec)).detach().float()
     return weight if spec.axis == 0 else weight.T
 
 

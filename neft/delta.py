@@ -7,12 +7,12 @@ backward computes the input gradient with that copy (rebuilt, not kept) and the 
 from the selected rows/columns only: grad_rows = grad_y[:, rows]^T x, grad_columns = grad_y^T x[:, columns].
 The full weight gradient never exists, the optimizer only ever sees k * d_model numbers, and a step
 costs ~(4 + 2r) N FLOPs, the floor (an additive gather + small-matmul form costs ~(4 + 6r) N; see
-benchmarks/results/README.md for the measured difference). At the end, `merge_deltas` writes the
-deltas into the base weights with one indexed add per matrix; everything unselected keeps its exact
-base value.
+benchmarks/results/README.md for the measured difference). Merging writes the deltas into the
+base weights with one indexed add per matrix; everything unselected keeps its exact base value.
+`neft.adapter` builds the user-facing adapter (`get_neft_model`) from these pieces.
 
 On disk a delta is like a PEFT adapter: `neft_delta.safetensors` (indices + values) and
-`neft_config.json` (a `NeftConfig`, validated on load). One function, `weight_with_deltas`, adds
+`neft_config.json` (a `DeltaConfig`, validated on load). One function, `weight_with_deltas`, adds
 deltas to a weight everywhere: in the forward and backward pass, when merging in memory and when
 merging a loaded file.
 """
@@ -30,11 +30,11 @@ from torch import nn
 
 from neft.errors import UserError
 from neft.masks import NeuronMask
-from neft.neurons import NEURON_KINDS
+from neft.neurons import NEURON_KINDS, DecoderLayout
 
 DELTA_WEIGHTS = "neft_delta.safetensors"
 DELTA_CONFIG = "neft_config.json"
-# v2: neft_config.json is a NeftConfig (d_model added, every field validated on load); v1 configs were free-form.
+# v2: neft_config.json is a DeltaConfig (d_model added, every field validated on load); v1 configs were free-form.
 DELTA_FORMAT = "neft-delta/v2"
 
 
@@ -50,7 +50,7 @@ class DeltaError(UserError):
 
 
 @dataclass(frozen=True)
-class NeftConfig:
+class DeltaConfig:
     """`neft_config.json`: what a saved delta is and what it was made for (like PEFT's LoraConfig)."""
 
     base_model: str
@@ -84,7 +84,7 @@ class NeftConfig:
             raise DeltaError(f"invalid {DELTA_CONFIG}: " + "; ".join(problems))
 
     @classmethod
-    def for_mask(cls, mask: NeuronMask, base_model: str, base_fingerprint: str = "", mask_fingerprint: str = "") -> NeftConfig:
+    def for_mask(cls, mask: NeuronMask, base_model: str, base_fingerprint: str = "", mask_fingerprint: str = "") -> DeltaConfig:
         kinds = tuple(kind for kind in NEURON_KINDS if mask.indices.get(kind))
         return cls(base_model, kinds, mask.num_neurons, mask.ratio, mask.shape.d_model,
                    base_fingerprint=base_fingerprint, mask_fingerprint=mask_fingerprint)
@@ -93,7 +93,7 @@ class NeftConfig:
         return {**asdict(self), "kinds": list(self.kinds)}
 
     @classmethod
-    def from_json(cls, data: object, source: str = DELTA_CONFIG) -> NeftConfig:
+    def from_json(cls, data: object, source: str = DELTA_CONFIG) -> DeltaConfig:
         names = [f.name for f in fields(cls)]
         if not isinstance(data, dict):
             raise DeltaError(f"{source}: expected a JSON object with {names}, got {type(data).__name__}")
@@ -109,7 +109,7 @@ class NeftConfig:
 class NeftDelta:
     """A loaded delta: its config and {module name: {rows, row_delta, columns, column_delta}}."""
 
-    config: NeftConfig
+    config: DeltaConfig
     modules: dict[str, dict[str, torch.Tensor]]
 
 
@@ -164,7 +164,10 @@ class _NeuronDeltaMatmul(torch.autograd.Function):
 
 
 class NeuronDeltaLinear(nn.Module):
-    """y = base(x) + contributions of trainable deltas on selected rows and columns of base.weight."""
+    """y = base(x) + contributions of trainable deltas on selected rows and columns of base.weight.
+
+    `merge()` writes the deltas into base.weight in place and keeps the replaced rows and columns, so
+    `unmerge()` restores the base weight bit for bit; while `disabled`, the layer is the base layer."""
 
     def __init__(self, base: nn.Linear, rows: list[int], columns: list[int]):
         super().__init__()
@@ -175,8 +178,16 @@ class NeuronDeltaLinear(nn.Module):
         self.register_buffer("columns", torch.tensor(columns, dtype=torch.long, device=device))
         self.row_delta = nn.Parameter(torch.zeros(len(rows), base.in_features, device=device))
         self.column_delta = nn.Parameter(torch.zeros(base.out_features, len(columns), device=device))
+        self.disabled = False
+        self._replaced: tuple[torch.Tensor, torch.Tensor] | None = None  # base rows, columns while merged
+
+    @property
+    def merged(self) -> bool:
+        return self._replaced is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled or self.merged:
+            return self.base(x)
         weight = self.base.weight
         y = _NeuronDeltaMatmul.apply(x, weight, self.rows, self.row_delta, self.columns, self.column_delta,
                                      _compute_dtype(x, weight))
@@ -190,41 +201,65 @@ class NeuronDeltaLinear(nn.Module):
         weight = self.base.weight
         return weight_with_deltas(weight, self.rows, self.row_delta, self.columns, self.column_delta, weight.dtype)
 
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        weight = self.base.weight
+        self._replaced = (weight.index_select(0, self.rows), weight.index_select(1, self.columns))
+        weight.copy_(self.merged_weight())
 
-def _selected_units(mask: NeuronMask, layer: int, module_suffix: str) -> tuple[list[int], list[int]]:
-    """Rows and columns of one weight matrix that the mask selects (a matrix may host several kinds)."""
-    rows: list[int] = []
-    columns: list[int] = []
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self._replaced is None:
+            return
+        rows, columns = self._replaced
+        self.base.weight.index_copy_(1, self.columns, columns).index_copy_(0, self.rows, rows)
+        self._replaced = None
+
+
+Selection = dict[str, tuple[list[int], list[int]]]
+
+
+def plain_linear(model: nn.Module, name: str) -> nn.Linear:
+    """The nn.Linear at `name`; a layer that already carries a delta cannot take a second one."""
+    module = model.get_submodule(name)
+    if isinstance(module, NeuronDeltaLinear):
+        raise DeltaError(f"{name} already carries a NeFT delta: attach to a fresh base model, or merge_and_unload() first")
+    if not isinstance(module, nn.Linear):
+        raise DeltaError(f"{name} is a {type(module).__name__}, not an nn.Linear")
+    return module
+
+
+def mask_selection(mask: NeuronMask, layout: DecoderLayout) -> Selection:
+    """{module name: (rows, columns)} of every matrix in which the mask selects neurons."""
+    selection: Selection = {}
     for kind in NEURON_KINDS.values():
-        if kind.module == module_suffix:
-            (rows if kind.axis == 0 else columns).extend(mask.layer_indices(kind.name, layer))
-    return sorted(rows), sorted(columns)
+        for layer in range(mask.shape.num_layers):
+            indices = mask.layer_indices(kind.name, layer)
+            if indices:
+                rows, columns = selection.setdefault(layout.module_name(layer, kind), ([], []))
+                (rows if kind.axis == 0 else columns).extend(indices)
+    return {name: (sorted(rows), sorted(columns)) for name, (rows, columns) in sorted(selection.items())}
 
 
-def attach_deltas(model: nn.Module, mask: NeuronMask) -> dict[str, NeuronDeltaLinear]:
-    """Freeze the model and wrap every matrix that holds selected neurons; returns the wrappers by name."""
+def attach_deltas(model: nn.Module, selection: Selection) -> dict[str, NeuronDeltaLinear]:
+    """Freeze the model and wrap every selected matrix; returns the wrappers by module name."""
+    linears = {name: plain_linear(model, name) for name in selection}  # every check before any change
     model.requires_grad_(False)
     wrappers: dict[str, NeuronDeltaLinear] = {}
-    module_suffixes = sorted({kind.module for kind in NEURON_KINDS.values()})
-    for layer in range(mask.shape.num_layers):
-        for suffix in module_suffixes:
-            rows, columns = _selected_units(mask, layer, suffix)
-            if not rows and not columns:
-                continue
-            name = f"model.layers.{layer}.{suffix}"
-            parent_name, _, child_name = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            wrapper = NeuronDeltaLinear(getattr(parent, child_name), rows, columns)
-            setattr(parent, child_name, wrapper)
-            wrappers[name] = wrapper
+    for name, (rows, columns) in selection.items():
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        wrapper = NeuronDeltaLinear(linears[name], rows, columns)
+        setattr(parent, child_name, wrapper)
+        wrappers[name] = wrapper
     return wrappers
 
 
-@torch.no_grad()
-def merge_deltas(model: nn.Module, wrappers: dict[str, NeuronDeltaLinear]) -> nn.Module:
-    """Write every delta into its base weight and put the plain nn.Linear back."""
+def detach_deltas(model: nn.Module, wrappers: dict[str, NeuronDeltaLinear]) -> nn.Module:
+    """Put each wrapper's plain nn.Linear back (merged or not, as the wrapper left it)."""
     for name, wrapper in wrappers.items():
-        wrapper.base.weight.copy_(wrapper.merged_weight())
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child_name, wrapper.base)
     return model
@@ -240,7 +275,7 @@ def delta_tensors(wrappers: dict[str, NeuronDeltaLinear]) -> dict[str, torch.Ten
     return tensors
 
 
-def save_delta(wrappers: dict[str, NeuronDeltaLinear], out_dir: Path, config: NeftConfig) -> None:
+def save_delta(wrappers: dict[str, NeuronDeltaLinear], out_dir: Path, config: DeltaConfig) -> None:
     saved_neurons = sum(len(wrapper.rows) + len(wrapper.columns) for wrapper in wrappers.values())
     if saved_neurons != config.num_neurons:
         raise ValueError(f"the wrappers hold {saved_neurons} neurons, the config says {config.num_neurons}")
@@ -261,7 +296,7 @@ def load_delta(delta_dir: Path) -> NeftDelta:
         data = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DeltaError(f"{config_file}: not valid JSON ({error})") from None
-    config = NeftConfig.from_json(data, str(config_file))
+    config = DeltaConfig.from_json(data, str(config_file))
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(weights_file).items():
         name, _, part = key.rpartition(".")
@@ -280,22 +315,17 @@ def load_delta(delta_dir: Path) -> NeftDelta:
     return NeftDelta(config, modules)
 
 
-@torch.no_grad()
-def apply_delta(model: nn.Module, delta: NeftDelta) -> nn.Module:
-    """Merge a loaded delta into a plain model in place (the adapter's `merge_and_unload`)."""
+def require_fits(model: nn.Module, delta: NeftDelta) -> None:
+    """Every module the delta names is an nn.Linear of the model with the shape its deltas need."""
     for name, parts in delta.modules.items():
         try:
-            linear = model.get_submodule(name)
+            linear = plain_linear(model, name)
         except AttributeError:
             raise DeltaError(f"the delta names module {name!r}, which the model does not have: it was made for "
                              f"{delta.config.base_model!r}") from None
         weight = linear.weight
-        rows, columns = parts["rows"].to(weight.device), parts["columns"].to(weight.device)
-        expected = {"row_delta": (len(rows), weight.shape[1]), "column_delta": (weight.shape[0], len(columns))}
+        expected = {"row_delta": (len(parts["rows"]), weight.shape[1]), "column_delta": (weight.shape[0], len(parts["columns"]))}
         for part, shape in expected.items():
             if tuple(parts[part].shape) != shape:
                 raise DeltaError(f"delta {name}.{part} has shape {tuple(parts[part].shape)}, the model needs {shape}: it was "
                                  f"made for {delta.config.base_model!r}")
-        weight.copy_(weight_with_deltas(weight, rows, parts["row_delta"].to(weight.device), columns,
-                                        parts["column_delta"].to(weight.device), weight.dtype))
-    return model

@@ -14,10 +14,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from neft.delta import NeftConfig, apply_delta, attach_deltas, load_delta, save_delta
+from neft.adapter import NeftConfig, NeftModel, get_neft_model
 from neft.masks import NeuronMask
 from neft.models import load_model
-from neft.neurons import DEFAULT_KINDS, NEURON_KINDS, weight_name
+from neft.neurons import DEFAULT_KINDS, NEURON_KINDS, DecoderLayout
 from neft.provenance import model_fingerprint, read_made_from, require_same
 
 METHODS = ("full", "neft", "lora")
@@ -54,21 +54,15 @@ def full_finetuning(model: nn.Module) -> TrainableModel:
 
 def neft_finetuning(model: nn.Module, mask: NeuronMask, base_model: str, made_from: Mapping[str, str] | None = None) -> TrainableModel:
     """`made_from`: fingerprints of the base weights ("base_model") and mask.json ("mask") to record."""
-    wrappers = attach_deltas(model, mask)
-    parameters = [p for wrapper in wrappers.values() for p in (wrapper.row_delta, wrapper.column_delta) if p.numel()]
-    made_from = made_from or {}
-    config = NeftConfig.for_mask(mask, base_model, made_from.get("base_model", ""), made_from.get("mask", ""))
-
-    def save(out_dir: Path) -> None:
-        save_delta(wrappers, out_dir, config)
-
-    return TrainableModel(model, parameters, save, details={"num_neurons": mask.num_neurons})
+    neft_model = get_neft_model(model, NeftConfig(mask, base_model=base_model, made_from=dict(made_from or {})))
+    return TrainableModel(model, neft_model.trainable_parameters(), neft_model.save_pretrained,
+                          details={"num_neurons": mask.num_neurons})
 
 
 def candidate_matrices(model: nn.Module, kinds: Sequence[str]) -> list[nn.Parameter]:
     """The weights that hold the neurons of `kinds` (up_proj for in, down_proj for out), every layer."""
-    return [model.get_parameter(weight_name(layer, NEURON_KINDS[kind]))
-            for kind in kinds for layer in range(model.config.num_hidden_layers)]
+    layout = DecoderLayout.of(model)
+    return [model.get_parameter(layout.weight_name(layer, NEURON_KINDS[kind])) for kind in kinds for layer in range(layout.num_layers)]
 
 
 def matrices_probe(model: nn.Module, kinds: Sequence[str]) -> TrainableModel:
@@ -107,7 +101,7 @@ def gradient_probe(model: nn.Module, kinds: Sequence[str], step_size: float) -> 
 def lora_probe(model: nn.Module, kinds: Sequence[str], rank: int) -> TrainableModel:
     """Probe option `lora`: LoRA of `rank` (alpha = rank, scale 1) on the candidate matrices, merged
     before saving, so the scores see base + BA; its memory is LoRA's."""
-    targets = sorted({NEURON_KINDS[kind].module.rpartition(".")[2] for kind in kinds})
+    targets = sorted({NEURON_KINDS[kind].projection for kind in kinds})
     peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, bias="none"))
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
     return TrainableModel(peft_model, parameters, save=lambda out: peft_model.merge_and_unload().save_pretrained(out),
@@ -204,12 +198,13 @@ def dense_masked_finetuning(model: nn.Module, mask: NeuronMask) -> TrainableMode
     whole candidate matrices train and their gradients are zeroed outside the mask, so the optimizer
     holds state for every weight of them."""
     model.requires_grad_(False)
+    layout = DecoderLayout.of(model)
     parameters = []
     for kind in NEURON_KINDS.values():
         if kind.name not in mask.indices:
             continue
         for layer in range(mask.shape.num_layers):
-            weight = model.get_parameter(weight_name(layer, kind))
+            weight = model.get_parameter(layout.weight_name(layer, kind))
             keep = torch.zeros(weight.shape[kind.axis], dtype=torch.bool, device=weight.device)
             keep[mask.layer_indices(kind.name, layer)] = True
             keep = keep[:, None] if kind.axis == 0 else keep[None, :]
@@ -228,10 +223,10 @@ def load_trained_model(method: str, base_dir: Path, weights_dir: Path | None, dt
     if method == "full":
         return load_model(weights_dir, dtype)
     if method == "neft":
-        delta = load_delta(weights_dir)
-        require_same(f"the NeFT delta in {weights_dir}", delta.config.base_fingerprint, model_fingerprint(base_dir),
+        neft_model = NeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir)
+        require_same(f"the NeFT delta in {weights_dir}", neft_model.delta_config.base_fingerprint, model_fingerprint(base_dir),
                      f"the base model in {base_dir}")
-        return apply_delta(load_model(base_dir, dtype), delta)
+        return neft_model.merge_and_unload()
     if method == "lora":
         require_same(f"the LoRA adapter in {weights_dir}", read_made_from(weights_dir).get("base_model"), model_fingerprint(base_dir),
                      f"the base model in {base_dir}")

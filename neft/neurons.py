@@ -16,7 +16,8 @@ form for comparison.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,49 +30,102 @@ from neft.errors import ConfigError
 
 @dataclass(frozen=True)
 class NeuronKind:
-    """Which weight matrix holds this kind of neuron, and along which axis a neuron lies."""
+    """Which MLP projection holds this kind of neuron, and along which axis of its weight a neuron lies."""
 
     name: str
-    module: str  # module path inside a decoder layer
+    projection: str  # attribute name of the projection inside a layer's MLP
     axis: int  # 0: a neuron is a row of the weight; 1: a column
 
 
 NEURON_KINDS = {
-    "in": NeuronKind("in", "mlp.up_proj", axis=0),
-    "out": NeuronKind("out", "mlp.down_proj", axis=1),
-    "gate": NeuronKind("gate", "mlp.gate_proj", axis=0),
+    "in": NeuronKind("in", "up_proj", axis=0),
+    "out": NeuronKind("out", "down_proj", axis=1),
+    "gate": NeuronKind("gate", "gate_proj", axis=0),
 }
 DEFAULT_KINDS = ("in", "out")
-LAYER_PREFIX = "model.layers"
+# <layers>.<i>.<mlp>.up_proj.weight: the non-greedy <layers> stops at the first numbered segment.
+_UP_PROJ_WEIGHT = re.compile(r"^(?P<layers>.+?)\.(?P<layer>\d+)\.(?P<mlp>.+)\.up_proj\.weight$")
 
 
 class UnsupportedArchitecture(ConfigError):
     """The model has no Llama/Gemma-style gated MLP where NeFT looks for its neurons."""
 
 
-def require_supported_architecture(model: torch.nn.Module) -> None:
-    """Fail before any work unless every decoder layer has the matrices that hold NeFT's neurons,
-    as bias-free nn.Linear of shape d_ff x d_model (up, gate) and d_model x d_ff (down). Llama, Qwen2,
-    Mistral and Gemma 1-3 qualify; norms, activation and embedding tying do not matter, because
-    NeFT only adds to rows of up_proj/gate_proj and columns of down_proj."""
-    config = model.config
-    sizes = {name: getattr(config, name, None) for name in ("num_hidden_layers", "hidden_size", "intermediate_size")}
-    missing = [f"config.{name}" for name, value in sizes.items() if not isinstance(value, int)]
-    if not missing:
-        d_model, d_ff = sizes["hidden_size"], sizes["intermediate_size"]
-        expected = {"in": (d_ff, d_model), "gate": (d_ff, d_model), "out": (d_model, d_ff)}
-        for layer in range(sizes["num_hidden_layers"]):
-            for kind in NEURON_KINDS.values():
-                name = module_name(layer, kind)
-                module = model.get_submodule(name) if _has_submodule(model, name) else None
-                if not (isinstance(module, torch.nn.Linear) and module.bias is None
-                        and tuple(module.weight.shape) == expected[kind.name]):
-                    missing.append(f"{name} (bias-free Linear, weight {expected[kind.name][0]} x {expected[kind.name][1]})")
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+@dataclass(frozen=True)
+class DecoderLayout:
+    """Where a decoder keeps its gated MLPs: layer i's projection p is `<layers>.<i>.<mlp>.<p>`.
+    Llama, Qwen2, Mistral and Gemma use `model.layers` and `mlp`; `find` reads any other layout off
+    the parameter names, so a model only needs MLPs with up_proj/down_proj (and gate_proj) somewhere."""
+
+    layers: str
+    mlp: str
+    num_layers: int
+
+    def module_name(self, layer: int, kind: NeuronKind) -> str:
+        return f"{self.layers}.{layer}.{self.mlp}.{kind.projection}"
+
+    def weight_name(self, layer: int, kind: NeuronKind) -> str:
+        return f"{self.module_name(layer, kind)}.weight"
+
+    @classmethod
+    def find(cls, parameter_names: Iterable[str], layers: str | None = None, mlp: str | None = None) -> DecoderLayout:
+        """The one layout whose up_proj weights the names hold (layers 0..n-1, each with its down_proj);
+        `layers` / `mlp` pin either part where a model has several candidates."""
+        names = set(parameter_names)
+        found: dict[tuple[str, str], set[int]] = {}
+        for name in names:
+            match = _UP_PROJ_WEIGHT.match(name)
+            if match and (layers is None or match["layers"] == layers) and (mlp is None or match["mlp"] == mlp):
+                found.setdefault((match["layers"], match["mlp"]), set()).add(int(match["layer"]))
+        complete = [
+            cls(layers_path, mlp_path, len(indices))
+            for (layers_path, mlp_path), indices in sorted(found.items())
+            if indices == set(range(len(indices)))
+            and all(f"{layers_path}.{i}.{mlp_path}.down_proj.weight" in names for i in indices)
+        ]
+        pinned = f" under layers={layers!r}, mlp={mlp!r}" if layers or mlp else ""
+        if not complete:
+            raise UnsupportedArchitecture(
+                f"no decoder layers with a gated MLP found{pinned}: NeFT needs <layers>.<i>.<mlp>.up_proj and "
+                f".down_proj weights (e.g. model.layers.0.mlp.up_proj.weight) in every layer")
+        if len(complete) > 1:
+            options = ", ".join(f"layers={c.layers!r} mlp={c.mlp!r}" for c in complete)
+            raise UnsupportedArchitecture(f"several decoder layouts found ({options}): name one with layers_path and mlp_path")
+        return complete[0]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, layers: str | None = None, mlp: str | None = None) -> DecoderLayout:
+        # Module names, not parameter names: a projection already wrapped (NeuronDeltaLinear, LoRA)
+        # keeps its name while its weight moves to `<name>.base.weight`.
+        return cls.find((f"{name}.weight" for name, _ in model.named_modules()), layers, mlp)
+
+
+def require_supported_architecture(model: torch.nn.Module) -> DecoderLayout:
+    """The model's layout, after checking that every layer holds NeFT's matrices as bias-free
+    nn.Linear of shape d_ff x d_model (up, gate) and d_model x d_ff (down). Llama, Qwen2, Mistral and
+    Gemma 1-3 qualify; norms, activation and embedding tying do not matter, because NeFT only adds to
+    rows of up_proj/gate_proj and columns of down_proj."""
+    try:
+        layout = DecoderLayout.of(model)
+    except UnsupportedArchitecture as error:
+        raise UnsupportedArchitecture(f"unsupported architecture {type(model).__name__}: {error}") from None
+    first_up = model.get_submodule(layout.module_name(0, NEURON_KINDS["in"]))
+    d_model, d_ff = first_up.in_features, first_up.out_features
+    expected = {"in": (d_ff, d_model), "gate": (d_ff, d_model), "out": (d_model, d_ff)}
+    wrong = []
+    for layer in range(layout.num_layers):
+        for kind in NEURON_KINDS.values():
+            name = layout.module_name(layer, kind)
+            module = model.get_submodule(name) if _has_submodule(model, name) else None
+            if not (isinstance(module, torch.nn.Linear) and module.bias is None
+                    and tuple(module.weight.shape) == expected[kind.name]):
+                wrong.append(f"{name} (bias-free Linear, weight {expected[kind.name][0]} x {expected[kind.name][1]})")
+    if wrong:
+        shown = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
         raise UnsupportedArchitecture(
             f"unsupported architecture {type(model).__name__}: NeFT needs a gated MLP at "
-            f"{LAYER_PREFIX}.<i>.mlp.{{up_proj, gate_proj, down_proj}} in every layer; missing: {shown}")
+            f"{layout.layers}.<i>.{layout.mlp}.{{up_proj, gate_proj, down_proj}} in every layer; missing: {shown}")
+    return layout
 
 
 def _has_submodule(model: torch.nn.Module, name: str) -> bool:
@@ -87,14 +141,6 @@ def resolve_kinds(kinds: list[str] | tuple[str, ...]) -> list[NeuronKind]:
     if unknown or not kinds:
         raise ValueError(f"unknown neuron kind(s) {unknown}; choose from {sorted(NEURON_KINDS)}")
     return [NEURON_KINDS[name] for name in kinds]
-
-
-def weight_name(layer: int, kind: NeuronKind) -> str:
-    return f"{LAYER_PREFIX}.{layer}.{kind.module}.weight"
-
-
-def module_name(layer: int, kind: NeuronKind) -> str:
-    return f"{LAYER_PREFIX}.{layer}.{kind.module}"
 
 
 SCORE_FORMS = ("stable", "fp32")
@@ -183,25 +229,18 @@ class CheckpointReader:
             return handle.get_tensor(name)
 
 
-def count_layers(reader: CheckpointReader) -> int:
-    layers = {int(name.split(".")[2]) for name in reader.names() if name.startswith(LAYER_PREFIX + ".")}
-    if not layers:
-        raise ValueError(f"no '{LAYER_PREFIX}.N' tensors: not a Llama-style checkpoint")
-    return max(layers) + 1
-
-
 def iter_neuron_scores(
     load_base: Callable[[str], torch.Tensor],
     load_tuned: Callable[[str], torch.Tensor],
-    num_layers: int,
+    layout: DecoderLayout,
     kinds: list[NeuronKind],
     device: torch.device | str = "cpu",
     form: str = "stable",
 ) -> Iterator[tuple[int, NeuronKind, torch.Tensor, torch.Tensor]]:
     """Yield (layer, kind, cosine, change) one weight matrix at a time, so at most one pair is in memory."""
-    for layer in range(num_layers):
+    for layer in range(layout.num_layers):
         for kind in kinds:
-            name = weight_name(layer, kind)
+            name = layout.weight_name(layer, kind)
             cosine, change = score_pair(load_base(name).to(device), load_tuned(name).to(device), kind.axis, form)
             yield layer, kind, cosine.cpu(), change.cpu()
 
@@ -211,11 +250,11 @@ def score_neurons(base_dir: Path, tuned_dir: Path, kinds: list[str], device: str
     if form not in SCORE_FORMS:
         raise ValueError(f"unknown score form {form!r}; choose one of {SCORE_FORMS}")
     base, tuned = CheckpointReader(base_dir), CheckpointReader(tuned_dir)
-    num_layers = count_layers(base)
-    if count_layers(tuned) != num_layers:
-        raise ValueError(f"{base_dir} and {tuned_dir} have different numbers of layers")
+    layout = DecoderLayout.find(base.names())
+    if DecoderLayout.find(tuned.names()) != layout:
+        raise ValueError(f"{base_dir} and {tuned_dir} have different decoder layouts")
     frames = []
-    for layer, kind, cosine, change in iter_neuron_scores(base.get, tuned.get, num_layers, resolve_kinds(kinds), device, form):
+    for layer, kind, cosine, change in iter_neuron_scores(base.get, tuned.get, layout, resolve_kinds(kinds), device, form):
         frames.append(
             pd.DataFrame(
                 {

@@ -15,7 +15,7 @@ from neft.analysis import (
     trained_flags,
 )
 from neft.masks import ModelShape, NeuronMask
-from neft.neurons import NEURON_KINDS, weight_name
+from neft.neurons import NEURON_KINDS, DecoderLayout
 
 SHAPE = ModelShape(num_layers=2, d_model=4, d_ff=3, total_parameters=100)
 
@@ -64,7 +64,7 @@ def test_utilisation_is_one_for_a_neuron_aligned_with_a_later_layer(tiny_model):
     means = layer_mean_hidden_states(tiny_model, batches)
     assert means.shape == (tiny_model.config.num_hidden_layers, tiny_model.config.hidden_size)
     with torch.no_grad():
-        tiny_model.get_parameter(weight_name(0, NEURON_KINDS["in"]))[4] = 3 * means[1] + 2  # Pearson r = 1
+        tiny_model.get_parameter(DecoderLayout.of(tiny_model).weight_name(0, NEURON_KINDS["in"]))[4] = 3 * means[1] + 2  # Pearson r = 1
     utilisation = neuron_utilisation(tiny_model, means, "in")
     assert utilisation.shape == (2 * tiny_model.config.intermediate_size,)
     assert utilisation[4].item() == pytest.approx(1.0, abs=1e-5)

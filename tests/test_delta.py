@@ -7,20 +7,10 @@ import pytest
 import torch
 from conftest import random_batch, random_mask
 
-from neft.delta import (
-    DELTA_CONFIG,
-    DeltaError,
-    NeftConfig,
-    NeuronDeltaLinear,
-    apply_delta,
-    attach_deltas,
-    load_delta,
-    merge_deltas,
-    save_delta,
-    weight_with_deltas,
-)
+from neft.adapter import NeftConfig, NeftModel, get_neft_model
+from neft.delta import DELTA_CONFIG, DeltaConfig, DeltaError, NeuronDeltaLinear, load_delta, weight_with_deltas
 from neft.methods import dense_masked_finetuning, neft_finetuning
-from neft.neurons import NEURON_KINDS, weight_name
+from neft.neurons import NEURON_KINDS, DecoderLayout
 from neft.training import TrainSettings, train
 
 
@@ -41,24 +31,23 @@ def selected_positions(mask, kind, layer):
 def test_zero_delta_leaves_outputs_unchanged(tiny_model):
     batch = random_batch(tiny_model.config.vocab_size)
     reference = tiny_model(**batch).logits
-    attach_deltas(tiny_model, random_mask(tiny_model, per_matrix=5))
+    get_neft_model(tiny_model, NeftConfig(random_mask(tiny_model, per_matrix=5)))
     torch.testing.assert_close(tiny_model(**batch).logits, reference, rtol=0, atol=1e-6)
 
 
 def test_after_training_and_merging_only_selected_neurons_changed(tiny_model):
     base_state = {name: tensor.clone() for name, tensor in tiny_model.state_dict().items()}
     mask = random_mask(tiny_model, per_matrix=5)
-    wrappers = attach_deltas(tiny_model, mask)
-    parameters = [p for w in wrappers.values() for p in (w.row_delta, w.column_delta) if p.numel()]
+    neft_model = get_neft_model(tiny_model, NeftConfig(mask))
     settings = TrainSettings(steps=3, learning_rate=1e-2, keep_best=False)
-    train(tiny_model, parameters, endless(random_batch(tiny_model.config.vocab_size)), settings)
-    merge_deltas(tiny_model, wrappers)
-    merged = tiny_model.state_dict()
+    train(neft_model, neft_model.trainable_parameters(), endless(random_batch(tiny_model.config.vocab_size)), settings)
+    merged = neft_model.merge_and_unload().state_dict()
+    layout = DecoderLayout.of(tiny_model)
     assert set(merged) == set(base_state), "merging must give back the plain model's parameters"
     candidate_names = set()
     for kind in (NEURON_KINDS["in"], NEURON_KINDS["out"]):
         for layer in range(mask.shape.num_layers):
-            name = weight_name(layer, kind)
+            name = layout.weight_name(layer, kind)
             candidate_names.add(name)
             selected = torch.zeros(mask.shape.d_ff, dtype=torch.bool)
             selected[selected_positions(mask, kind, layer)] = True
@@ -93,14 +82,13 @@ def test_delta_trains_only_k_times_d_model_parameters(tiny_model):
 def test_delta_save_load_merge_round_trips(tiny_model, tmp_path):
     mask = random_mask(tiny_model, per_matrix=4)
     untouched = copy.deepcopy(tiny_model)
-    wrappers = attach_deltas(tiny_model, mask)
+    neft_model = get_neft_model(tiny_model, NeftConfig(mask, base_model="tiny"))
     with torch.no_grad():
-        for wrapper in wrappers.values():
-            wrapper.row_delta.normal_()
-            wrapper.column_delta.normal_()
-    save_delta(wrappers, tmp_path / "delta", NeftConfig.for_mask(mask, "tiny"))
-    merged_in_memory = merge_deltas(tiny_model, wrappers).state_dict()
-    merged_from_file = apply_delta(untouched, load_delta(tmp_path / "delta")).state_dict()
+        for parameter in neft_model.trainable_parameters():
+            parameter.normal_()
+    neft_model.save_pretrained(tmp_path / "delta")
+    merged_in_memory = neft_model.merge_and_unload().state_dict()
+    merged_from_file = NeftModel.from_pretrained(untouched, tmp_path / "delta").merge_and_unload().state_dict()
     for name, tensor in merged_in_memory.items():
         assert torch.equal(tensor, merged_from_file[name]), name
     assert all(not isinstance(m, NeuronDeltaLinear) for m in tiny_model.modules())
@@ -108,7 +96,7 @@ def test_delta_save_load_merge_round_trips(tiny_model, tmp_path):
 
 def test_delta_file_holds_values_and_indices_only(tiny_model, tmp_path):
     mask = random_mask(tiny_model, per_matrix=4)
-    save_delta(attach_deltas(tiny_model, mask), tmp_path / "delta", NeftConfig.for_mask(mask, "tiny"))
+    get_neft_model(tiny_model, NeftConfig(mask)).save_pretrained(tmp_path / "delta")
     size = (tmp_path / "delta" / "neft_delta.safetensors").stat().st_size
     values = mask.num_neurons * tiny_model.config.hidden_size * 4
     indices = mask.num_neurons * 8
@@ -117,23 +105,25 @@ def test_delta_file_holds_values_and_indices_only(tiny_model, tmp_path):
 
 def save_random_delta(model, out_dir):
     mask = random_mask(model, per_matrix=4)
-    save_delta(attach_deltas(copy.deepcopy(model), mask), out_dir, NeftConfig.for_mask(mask, "tiny"))
+    get_neft_model(copy.deepcopy(model), NeftConfig(mask, base_model="tiny")).save_pretrained(out_dir)
     return mask
 
 
 def test_delta_for_another_model_is_rejected(tiny_model, tmp_path):
     save_random_delta(tiny_model, tmp_path / "delta")
-    delta = load_delta(tmp_path / "delta")
-    name = next(iter(delta.modules))
-    delta.modules[name]["row_delta"] = delta.modules[name]["row_delta"][:, :-1]
+    other = copy.deepcopy(tiny_model)
+    name = next(iter(load_delta(tmp_path / "delta").modules))
+    parent, _, child = name.rpartition(".")
+    narrower = other.get_submodule(name)
+    setattr(other.get_submodule(parent), child, torch.nn.Linear(narrower.in_features - 1, narrower.out_features, bias=False))
     with pytest.raises(DeltaError, match="the model needs .* made for 'tiny'"):
-        apply_delta(tiny_model, delta)
+        NeftModel.from_pretrained(other, tmp_path / "delta")
 
 
 def test_saved_config_round_trips_and_records_the_mask(tiny_model, tmp_path):
     mask = save_random_delta(tiny_model, tmp_path / "delta")
     config = load_delta(tmp_path / "delta").config
-    assert config == NeftConfig("tiny", ("in", "out"), mask.num_neurons, mask.ratio, tiny_model.config.hidden_size)
+    assert config == DeltaConfig("tiny", ("in", "out"), mask.num_neurons, mask.ratio, tiny_model.config.hidden_size)
 
 
 @pytest.mark.parametrize("edit, message", [

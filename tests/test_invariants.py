@@ -13,7 +13,7 @@ from torch import nn
 
 from neft.delta import NeuronDeltaLinear, load_delta
 from neft.methods import dense_masked_finetuning, full_finetuning, load_trained_model, neft_finetuning
-from neft.neurons import NEURON_KINDS, weight_name
+from neft.neurons import NEURON_KINDS, DecoderLayout
 from neft.training import TrainSettings, train
 
 AUTOCAST = pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
@@ -48,17 +48,18 @@ def test_saved_neft_changes_exactly_the_masks_rows_and_columns(tiny_model, tmp_p
     trainable.save(tmp_path / "neft")
 
     saved = load_delta(tmp_path / "neft")
+    layout = DecoderLayout.of(tiny_model)
     for kind in (NEURON_KINDS["in"], NEURON_KINDS["out"]):
         for layer in range(mask.shape.num_layers):
             part = "rows" if kind.axis == 0 else "columns"
-            assert saved.modules[f"model.layers.{layer}.{kind.module}"][part].tolist() == mask.layer_indices(kind.name, layer)
+            assert saved.modules[layout.module_name(layer, kind)][part].tolist() == mask.layer_indices(kind.name, layer)
 
     loaded = load_trained_model("neft", tmp_path / "base", tmp_path / "neft").state_dict()
     assert set(loaded) == set(base_state)
     candidates = set()
     for kind in (NEURON_KINDS["in"], NEURON_KINDS["out"]):
         for layer in range(mask.shape.num_layers):
-            name = weight_name(layer, kind)
+            name = layout.weight_name(layer, kind)
             candidates.add(name)
             before, after = base_state[name], loaded[name]
             if kind.axis == 1:
@@ -87,12 +88,13 @@ def test_sparse_deltas_and_dense_masking_give_the_same_weights_with_clipping(tin
     dense_losses = train(dense.model, dense.parameters, batches(tiny_model.config.vocab_size), settings(autocast)).losses
     sparse_losses = train(sparse.model, sparse.parameters, batches(tiny_model.config.vocab_size), settings(autocast)).losses
     torch.testing.assert_close(torch.tensor(sparse_losses), torch.tensor(dense_losses), rtol=1e-3 if autocast else 1e-5, atol=0)
+    layout = DecoderLayout.of(tiny_model)
     for kind in (NEURON_KINDS["in"], NEURON_KINDS["out"]):
         for layer in range(mask.shape.num_layers):
-            wrapper = sparse.model.get_submodule(f"model.layers.{layer}.{kind.module}")
+            wrapper = sparse.model.get_submodule(layout.module_name(layer, kind))
             assert isinstance(wrapper, NeuronDeltaLinear)
-            dense_weight = dense.model.get_parameter(weight_name(layer, kind)).detach()
-            base_weight = tiny_model.get_parameter(weight_name(layer, kind)).detach()
+            dense_weight = dense.model.get_parameter(layout.weight_name(layer, kind)).detach()
+            base_weight = tiny_model.get_parameter(layout.weight_name(layer, kind)).detach()
             sparse_update = wrapper.merged_weight() - base_weight
             assert sparse_update.abs().amax() > 1e-3, "4 steps at lr 1e-2 must move the selected neurons"
             difference = (sparse_update - (dense_weight - base_weight)).abs()

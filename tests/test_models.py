@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from neft.config import compose_config
@@ -31,7 +32,13 @@ def test_tiny_gemma3_config_builds_a_gemma3_that_neft_supports():
 
 def test_another_architecture_is_refused_naming_what_is_missing():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64))
-    gpt2.config.intermediate_size = 128  # even with the size known, the modules are not there
-    with pytest.raises(UnsupportedArchitecture, match=r"unsupported architecture GPT2LMHeadModel: .*missing: "
-                                                      r"model.layers.0.mlp.up_proj \(bias-free Linear, weight 128 x 32\)"):
+    with pytest.raises(UnsupportedArchitecture, match=r"unsupported architecture GPT2LMHeadModel: no decoder layers "
+                                                      r"with a gated MLP found.*up_proj and .down_proj"):
         require_supported_architecture(gpt2)
+
+
+def test_a_projection_that_is_not_a_bias_free_linear_is_refused_by_name(tiny_model):
+    mlp = tiny_model.get_submodule("model.layers.1.mlp")
+    mlp.down_proj = torch.nn.Linear(mlp.down_proj.in_features, mlp.down_proj.out_features, bias=True)
+    with pytest.raises(UnsupportedArchitecture, match=r"missing: model.layers.1.mlp.down_proj \(bias-free Linear"):
+        require_supported_architecture(tiny_model)

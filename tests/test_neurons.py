@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from neft.neurons import NEURON_KINDS, cosine_per_neuron, neuron_change, resolve_kinds, score_neurons, score_pair, weight_name
+from neft.neurons import NEURON_KINDS, DecoderLayout, cosine_per_neuron, neuron_change, resolve_kinds, score_neurons, score_pair
 
 
 def naive_cosines(base: torch.Tensor, tuned: torch.Tensor, axis: int) -> list[float]:
@@ -113,7 +113,7 @@ def test_score_neurons_reads_checkpoints_and_labels_every_neuron(tmp_path, tiny_
     base_dir, tuned_dir = tmp_path / "base", tmp_path / "tuned"
     tiny_model.save_pretrained(base_dir)
     with torch.no_grad():
-        tiny_model.get_parameter(weight_name(1, NEURON_KINDS["in"]))[5] += 1.0  # change one "in" neuron
+        tiny_model.get_parameter(DecoderLayout.of(tiny_model).weight_name(1, NEURON_KINDS["in"]))[5] += 1.0  # change one "in" neuron
     tiny_model.save_pretrained(tuned_dir)
     scores = score_neurons(base_dir, tuned_dir, ["in", "out"])
     d_ff, layers = tiny_model.config.intermediate_size, tiny_model.config.num_hidden_layers

@@ -16,7 +16,7 @@ from conftest import inside, random_batch
 from safetensors.torch import load_file
 
 from neft.methods import candidate_matrices, setup_method
-from neft.neurons import NEURON_KINDS, score_neurons, weight_name
+from neft.neurons import NEURON_KINDS, DecoderLayout, score_neurons
 from neft.training import TrainSettings, accumulate_gradients, causal_lm_loss, train
 from stages.train import train as train_stage
 
@@ -77,7 +77,7 @@ def test_gradient_probe_scores_equal_a_dense_autograd_sgd_step(tiny_model, tmp_p
     scores = score_neurons(tmp_path / "base", tmp_path / "probe", ["in", "out"]).set_index(["layer", "kind", "index"])
     for layer in range(tiny_model.config.num_hidden_layers):
         for kind in ("in", "out"):
-            name, axis = weight_name(layer, NEURON_KINDS[kind]), NEURON_KINDS[kind].axis
+            name, axis = DecoderLayout.of(tiny_model).weight_name(layer, NEURON_KINDS[kind]), NEURON_KINDS[kind].axis
             w = base[name].double() if axis == 0 else base[name].double().T
             stepped = w - STEP_SIZE * (summed[name] if axis == 0 else summed[name].T)
             cosine = (w * stepped).sum(1) / (w.norm(dim=1) * stepped.norm(dim=1))
