@@ -480,6 +480,9 @@ def read_yaml(path: Path) -> Any:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
         problem = " ".join(str(error.problem or error.context or "invalid YAML").split())
+        start = error.context_mark
+        if error.problem and error.context and start and (start.line, start.column) != (mark.line, mark.column):
+            problem += f" ({' '.join(error.context.split())} from line {start.line + 1}, column {start.column + 1})"
         raise ConfigError(f"{path}: not valid YAML at {where}: {problem}; fix it there, "
                           "or recompose it with `dvc exp run` or scripts/compose_params.py") from None
     except yaml.YAMLError as error:

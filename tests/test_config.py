@@ -2,6 +2,7 @@
 is reported at once, naming the key, the value and what is allowed."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,3 +268,40 @@ def test_a_yaml_syntax_error_is_one_line_naming_the_file_line_and_column(tmp_pat
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(f"{path}: not valid YAML at line 5, column ") and "fix it there" in message
+
+
+def mutated(change):
+    def text() -> str:
+        params = compose_params(["model=tiny-llama", "task=jsonl"])
+        change(params)
+        return yaml.safe_dump(params)
+    return text
+
+
+def broken_yaml() -> str:
+    return yaml.safe_dump(compose_params(["model=tiny-llama", "task=jsonl"])).replace("ratio: ", "ratio: [", 1)
+
+
+@pytest.mark.parametrize(("stage", "params_text", "message"), [
+    (["evaluate", "base"], mutated(lambda p: p["task"]["metric_options"].update(bleu_tokenize="bogus")),
+     r"task.metric_options.bleu_tokenize = 'bogus': must be one of sacreBLEU's tokenizers \['none', 'zh', '13a'"),
+    (["prepare_model"], mutated(lambda p: p["model"]["architecture"].update(hidden_size=63)),
+     r"model.architecture.hidden_size = 63: must be a multiple of model.architecture.num_attention_heads \(4\), e.g. 60 or 64"),
+    (["mask"], broken_yaml, r"params.yaml: not valid YAML at line \d+, column \d+: .*; fix it there"),
+], ids=["bleu_tokenize: bogus", "architecture hidden_size 63", "YAML syntax error"])
+def test_a_config_mistake_stops_the_stage_with_one_line_before_any_work(stage, params_text, message, tmp_path, monkeypatch, capsys):
+    """As tests/test_bad_input.py's rows: run directly, the stage exits 2 with one line naming the
+    field and the fix, and writes nothing."""
+    import runpy
+
+    (tmp_path / "params.yaml").write_text(params_text())
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [f"stages.{stage[0]}", *stage[1:]])
+    with pytest.raises(SystemExit) as exit_status:
+        runpy.run_module(f"stages.{stage[0]}", run_name="__main__")
+    error = capsys.readouterr().err
+    assert exit_status.value.code == 2, error
+    assert error.count("\n") == 1 and error.startswith("error: "), error
+    assert re.search(message, error), error
+    assert sorted(tmp_path.rglob("*")) == before
