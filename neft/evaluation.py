@@ -85,7 +85,9 @@ class UnicodeWordTokenizer:
 
     rouge-score's default keeps only [a-z0-9], which scores every Chinese summary 0."""
 
-    _token = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
+    _cjk = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+    # A word stops at a CJK character (CJK characters are word characters too): "git命令" is 3 tokens.
+    _token = re.compile(rf"[{_cjk}]|[^\W_{_cjk}]+", re.UNICODE)
 
     def tokenize(self, text: str) -> list[str]:
         return self._token.findall(text.lower())

@@ -43,6 +43,10 @@ def test_unicode_tokenizer_splits_cjk_characters_and_keeps_accents():
     assert UnicodeWordTokenizer().tokenize("Él dijo: 你好, world_2!") == ["él", "dijo", "你", "好", "world", "2"]
 
 
+def test_unicode_tokenizer_splits_cjk_from_the_latin_word_or_number_it_touches():
+    assert UnicodeWordTokenizer().tokenize("用git命令3次ABC") == ["用", "git", "命", "令", "3", "次", "abc"]
+
+
 def test_unknown_task_kind_is_rejected():
     with pytest.raises(ValueError, match="unknown task kind"):
         task_metrics("classification", ["a"], ["a"])
