@@ -3,9 +3,10 @@ is loaded, so that a mask, delta or adapter from another base model is refused e
 agree (a fine-tuned sibling, a re-quantised copy).
 
 A model directory's fingerprint is the sha256 of its safetensors files, in name order; the stage that
-writes the weights stores it in `fingerprint.json` beside them, with each file's size and modification
-time, so readers need not rehash gigabytes: they rehash only when a file's size or time differs from
-the record (weights copied over, a `dvc checkout`), and refuse weights whose hash then differs too.
+writes the weights stores it in `fingerprint.json` beside them, with each file's size, so readers need
+not rehash gigabytes: they hash again only when a file's size differs from the record or the file is
+newer than the record (weights copied over, some `dvc checkout`s), and refuse weights whose hash then
+differs. No times are stored: identical weights give an identical record, which DVC can skip on.
 A file's fingerprint (mask.json) is the sha256 of its bytes.
 """
 
@@ -46,26 +47,26 @@ def weights_sha256(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _identities(model_dir: Path) -> dict[str, list[int]]:
-    """name -> [size, modification time in ns] of the directory's safetensors files."""
-    return {path.name: [path.stat().st_size, path.stat().st_mtime_ns] for path in sorted(Path(model_dir).glob("*.safetensors"))}
+def _sizes(model_dir: Path) -> dict[str, int]:
+    """name -> size in bytes of the directory's safetensors files."""
+    return {path.name: path.stat().st_size for path in sorted(Path(model_dir).glob("*.safetensors"))}
 
 
 def record_fingerprint(model_dir: Path) -> str:
-    """Fingerprint freshly written weights and store it beside them, with the files' sizes and times."""
+    """Fingerprint freshly written weights and store it beside them (written after them, so newer), with their sizes."""
     fingerprint = weights_sha256(model_dir)
-    record = {"sha256": fingerprint, "files": _identities(model_dir)}
-    (Path(model_dir) / FINGERPRINT_FILE).write_text(json.dumps(record) + "\n")
+    (Path(model_dir) / FINGERPRINT_FILE).write_text(json.dumps({"sha256": fingerprint, "files": _sizes(model_dir)}) + "\n")
     return fingerprint
 
 
-_verified: dict[tuple[str, str], str] = {}  # (directory, identities) -> fingerprint, already hashed in this process
+_verified: dict[tuple[str, ...], str] = {}  # (directory, sizes and times) -> hash, for what this process already hashed
 
 
 def model_fingerprint(model_dir: Path) -> str:
-    """The fingerprint of a model directory: the stored one while the files' sizes and times are those it
-    recorded; otherwise the files are hashed again (once per process), and weights whose hash differs from
-    the record (another model copied over these) are refused. Without a stored one (your own model), the hash."""
+    """The fingerprint of a model directory: the stored one while its files have the recorded sizes and none
+    is newer than the record; otherwise the files are hashed again (once per process), and weights whose hash
+    differs from the record (another model copied over these) are refused. Without a stored one (your own
+    model), the hash."""
     model_dir = Path(model_dir)
     stored = model_dir / FINGERPRINT_FILE
     if not stored.is_file():
@@ -75,10 +76,11 @@ def model_fingerprint(model_dir: Path) -> str:
         recorded = record["sha256"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ProvenanceError(f"{stored}: not a fingerprint record; rerun the stage that writes {model_dir} (dvc repro)") from None
-    identities = _identities(model_dir)
-    if record.get("files") == identities:
+    files = sorted(model_dir.glob("*.safetensors"))
+    recorded_at = stored.stat().st_mtime_ns
+    if record.get("files") == _sizes(model_dir) and all(path.stat().st_mtime_ns <= recorded_at for path in files):
         return recorded
-    key = (str(model_dir.resolve()), json.dumps(identities))
+    key = (str(model_dir.resolve()), *(f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files))
     if key not in _verified:
         _verified[key] = weights_sha256(model_dir)
     if _verified[key] != recorded:

@@ -90,11 +90,14 @@ def test_training_neft_on_a_mask_from_another_base_is_refused_before_any_work(pr
 
 
 def test_weights_swapped_under_a_fingerprint_are_refused_and_a_touch_alone_is_not(two_bases):
-    """Readers trust fingerprint.json while each file's size and modification time are the recorded
-    ones; otherwise they hash again, and refuse weights whose hash differs from the record."""
+    """Readers trust fingerprint.json while each file has the recorded size and is no newer than the
+    record; otherwise they hash again, and refuse weights whose hash differs from the record."""
     (base_a, fingerprint_a), (base_b, fingerprint_b) = two_bases
-    record = json.loads((base_a / "fingerprint.json").read_text())
-    assert record["sha256"] == fingerprint_a and set(record["files"]) == {"model.safetensors"}
+    record_bytes = (base_a / "fingerprint.json").read_bytes()
+    record = json.loads(record_bytes)
+    assert record == {"sha256": fingerprint_a, "files": {"model.safetensors": (base_a / "model.safetensors").stat().st_size}}
+    assert record_fingerprint(base_a) == fingerprint_a and (base_a / "fingerprint.json").read_bytes() == record_bytes, \
+        "no times in the record: the same weights give the same bytes, which DVC can skip on"
     assert model_fingerprint(base_a) == fingerprint_a
     weights = base_a / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # as a dvc checkout may leave it
