@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from neft.errors import UserError
+from neft.io import load_safetensors
 from neft.masks import NeuronMask
 from neft.neurons import NEURON_KINDS, DecoderLayout
 
@@ -298,7 +299,7 @@ def load_delta(delta_dir: Path) -> NeftDelta:
         raise DeltaError(f"{config_file}: not valid JSON ({error})") from None
     config = DeltaConfig.from_json(data, str(config_file))
     modules: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(weights_file).items():
+    for key, tensor in load_safetensors(weights_file).items():
         name, _, part = key.rpartition(".")
         modules.setdefault(name, {})[part] = tensor
     neurons = 0

@@ -15,6 +15,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from neft.adapter import NeftConfig, NeftModel, get_neft_model
+from neft.io import check_safetensors_in
 from neft.masks import NeuronMask
 from neft.models import load_model
 from neft.neurons import DEFAULT_KINDS, NEURON_KINDS, DecoderLayout
@@ -230,5 +231,6 @@ def load_trained_model(method: str, base_dir: Path, weights_dir: Path | None, dt
     if method == "lora":
         require_same(f"the LoRA adapter in {weights_dir}", read_made_from(weights_dir).get("base_model"), model_fingerprint(base_dir),
                      f"the base model in {base_dir}")
+        check_safetensors_in(weights_dir)
         return PeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir).merge_and_unload()
     raise ValueError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 
 from neft.errors import ConfigError
+from neft.io import check_safetensors, check_safetensors_in
 
 
 @dataclass(frozen=True)
@@ -211,11 +212,13 @@ class CheckpointReader:
         index = model_dir / "model.safetensors.index.json"
         if index.is_file():
             weight_map = json.loads(index.read_text())["weight_map"]
+            check_safetensors_in(model_dir, set(weight_map.values()))
             self._file_of = {name: model_dir / shard for name, shard in weight_map.items()}
         else:
             single = model_dir / "model.safetensors"
             if not single.is_file():
                 raise FileNotFoundError(f"{model_dir}: no model.safetensors or its index")
+            check_safetensors(single)
             with safe_open(single, framework="pt") as handle:
                 self._file_of = {name: single for name in handle.keys()}
 

@@ -22,12 +22,12 @@ def score(config: Config, out_dir: Path = SCORES_DIR) -> dict[str, Any]:
     start = time.perf_counter()
     scores = score_neurons(BASE_MODEL_DIR, PROBE_DIR, kinds, form=form)
     seconds = time.perf_counter() - start
-    summary = {"neurons": len(scores), "form": form, "seconds": round(seconds, 3), **score_resolution(scores),
+    summary = {"neurons": len(scores), "form": form, **score_resolution(scores),
                "made_from": {"base_model": model_fingerprint(BASE_MODEL_DIR), "probe": model_fingerprint(PROBE_DIR)}}
     with atomic_directory(out_dir) as scratch:
         scores.to_parquet(scratch / SCORES_FILE.name, index=False)
-        write_json(scratch / "summary.json", summary)
-    return summary
+        write_json(scratch / "summary.json", summary)  # no timings: the mask stage depends on this file
+    return {**summary, "seconds": round(seconds, 3)}
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, TrainableMod
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.runtime import autocast_dtype, resolve_device
-from neft.tokenization import encode_all, evaluation_batches, training_batches
+from neft.tokenization import encode_counted, evaluation_batches, training_batches
 from neft.training import Checkpoints, TrainSettings, accumulate_gradients
 from neft.training import train as train_loop
 from stages._common import run_stage
@@ -135,8 +135,8 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
     seed = config.seed
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
     max_length = config.task.max_length
-    train_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "train.jsonl"), max_length)
-    valid_items = encode_all(tokenizer, read_jsonl(DATA_DIR / "valid.jsonl"), max_length)
+    train_items, train_dropped = encode_counted(tokenizer, read_jsonl(DATA_DIR / "train.jsonl"), max_length, str(DATA_DIR / "train.jsonl"))
+    valid_items, valid_dropped = encode_counted(tokenizer, read_jsonl(DATA_DIR / "valid.jsonl"), max_length, str(DATA_DIR / "valid.jsonl"))
     batch_size = config.train.batch_size
 
     torch.manual_seed(seed)
@@ -175,6 +175,9 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
         "train_seconds": round(result.seconds, 2),
         "seconds_per_step": round(result.seconds / steps, 4),
         "train_tokens": result.train_tokens,
+        # Examples whose prompt alone fills task.max_length: left out, and counted here.
+        "train_examples_dropped": train_dropped,
+        "valid_examples_dropped": valid_dropped,
         "step_seconds_median": round(statistics.median(result.step_seconds), 4),
         "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
         "peak_memory_kind": result.memory_kind,
@@ -204,7 +207,8 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
         summary["weights_sha256"] = record_fingerprint(scratch)
         if method == "lora":
             write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
-        write_json(scratch / "train_summary.json", summary)
+    # The summary, with its timings, goes to reports/ only: the weights directory, which later stages
+    # depend on, holds nothing that differs between two runs of the same weights.
     write_json(log_dir / "summary.json", summary)
     checkpoints.remove()
     return summary

@@ -9,6 +9,7 @@ from conftest import random_batch, random_mask
 
 from neft.adapter import NeftConfig, NeftModel, get_neft_model
 from neft.delta import DELTA_CONFIG, DeltaConfig, DeltaError, NeuronDeltaLinear, load_delta, weight_with_deltas
+from neft.errors import UserError
 from neft.methods import dense_masked_finetuning, neft_finetuning
 from neft.neurons import NEURON_KINDS, DecoderLayout
 from neft.training import TrainSettings, train
@@ -167,3 +168,11 @@ def test_weight_with_deltas_rounds_each_selected_weight_once_in_bf16():
     merged = weight_with_deltas(weight, rows, row_delta, columns, column_delta, torch.bfloat16)
     assert merged.dtype == torch.bfloat16
     assert torch.equal(merged, expected.bfloat16())
+
+
+def test_a_truncated_delta_file_is_refused_naming_it(tiny_model, tmp_path):
+    save_random_delta(tiny_model, tmp_path / "delta")
+    weights = tmp_path / "delta" / "neft_delta.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserError, match="neft_delta.safetensors: truncated or corrupt .safetensors file"):
+        load_delta(tmp_path / "delta")

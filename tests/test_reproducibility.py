@@ -51,8 +51,7 @@ def killed_in_subprocess(directory: Path, name: str, kill_at: int, when: str):
 
 def outcome(directory: Path, name: str) -> tuple[dict[str, bytes], list[float], dict]:
     run = run_name_of(name)
-    saved = {path.name: path.read_bytes() for path in sorted((directory / weights_dir(run)).iterdir())
-             if path.name != "train_summary.json"}
+    saved = {path.name: path.read_bytes() for path in sorted((directory / weights_dir(run)).iterdir())}
     losses = pd.read_csv(directory / train_log_dir(run) / "plots/metrics/loss.tsv", sep="\t")
     summary = json.loads((directory / train_log_dir(run) / "summary.json").read_text())
     return saved, list(zip(losses["step"], losses["loss"], strict=True)), summary
