@@ -1,14 +1,14 @@
-"""The process's runtime set-up: the device, torch's determinism and the plotting backend.
+"""The process's runtime set-up: the device and torch's determinism.
 
-Reading the config (neft.config) changes nothing; `setup_runtime` is the one place that does, and
-`stages._common.run_stage` calls it once, before a stage's work. Importing the library has no side
-effects; `resolve_device` and `autocast_dtype` only read the config.
+Reading the config (neft.config) changes nothing, and importing the library has no side effects.
+`setup_runtime` is the one place that switches torch's state: each stage that computes on a device
+(train, evaluate, analyze) calls it once, for its device. `resolve_device` and `autocast_dtype` only
+read the config. The plotting backend is stages._common.run_stage's: plots are files.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import torch
 
@@ -16,19 +16,15 @@ from neft.config import DTYPES, RuntimeConfig
 from neft.errors import ConfigError
 
 
-def setup_runtime(runtime: RuntimeConfig) -> None:
-    """Switch torch's deterministic algorithms on or off as `runtime` asks, and draw plots to files
-    only. Stages that compute ask `resolve_device` for their device."""
+def setup_runtime(runtime: RuntimeConfig) -> torch.device:
+    """Switch torch's deterministic algorithms on or off as `runtime` asks, and return the device to
+    compute on."""
     if runtime.deterministic:
         # cuBLAS needs a fixed workspace to be deterministic; it reads this when its handle is created.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(runtime.deterministic)
-    # Plots are files, never windows: for matplotlib if it is imported later (and in processes this
-    # one starts), and now if it already is.
-    os.environ["MPLBACKEND"] = "Agg"
-    if "matplotlib" in sys.modules:
-        sys.modules["matplotlib"].use("Agg")
+    return resolve_device(runtime)
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:

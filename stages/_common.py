@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from neft.config import load_config
 from neft.errors import UserError
-from neft.runtime import setup_runtime
 
 USER_ERROR_EXIT = 2  # a crash keeps Python's traceback and exit status 1
 
@@ -18,6 +18,14 @@ if not sys.stderr.isatty():  # logs stay readable under dvc repro and CI; tqdm b
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
+
+
+def plots_to_files() -> None:
+    """Plots are files, never windows: matplotlib's Agg backend, for this process (now, if matplotlib
+    is imported already) and for the processes it starts. The library sets no backend on import."""
+    os.environ["MPLBACKEND"] = "Agg"
+    if "matplotlib" in sys.modules:
+        sys.modules["matplotlib"].use("Agg")
 
 
 def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int | tuple[int, ...] = 0) -> None:
@@ -28,7 +36,7 @@ def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int | 
         sys.exit(USER_ERROR_EXIT)
     try:
         config = load_config()
-        setup_runtime(config.runtime)  # determinism and the plotting backend, once, before any work
+        plots_to_files()  # the device and determinism: neft.runtime.setup_runtime, in the stages that compute
         summary = work(*args, config)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -27,7 +27,7 @@ from neft.io import atomic_directory, read_json, write_json
 from neft.masks import ModelShape, build_mask, load_mask
 from neft.methods import load_trained_model
 from neft.models import load_tokenizer, torch_dtype
-from neft.runtime import resolve_device
+from neft.runtime import setup_runtime
 from neft.tokenization import encode_prompts, evaluation_batches
 from stages._common import run_stage
 
@@ -48,7 +48,7 @@ def analyze(config: Config, out_dir: Path = ANALYSIS_DIR) -> dict[str, Any]:
     inputs = encode_prompts(tokenizer, [example.prompt for example in examples], config.task.max_length)
     batches = evaluation_batches(inputs, config.evaluate.batch_size, tokenizer.pad_token_id)
     dtype = torch_dtype(config.model.dtype)
-    device = resolve_device(config.runtime)
+    device = setup_runtime(config.runtime)
     utilisation = {}
     for name, weights in (("base", None), ("neft", weights_dir(chosen_run("neft")))):
         model = load_trained_model(name, BASE_MODEL_DIR, weights, dtype).to(device)

@@ -22,7 +22,7 @@ from neft.io import atomic_directory, write_json
 from neft.methods import EVAL_METHODS, load_trained_model
 from neft.models import load_tokenizer, torch_dtype
 from neft.provenance import model_fingerprint
-from neft.runtime import autocast_dtype, resolve_device
+from neft.runtime import autocast_dtype, setup_runtime
 from stages._common import run_stage
 
 
@@ -33,7 +33,7 @@ def evaluate(method: str, config: Config) -> dict[str, Any]:
     if (metrics := relaunched(config.runtime, "stages.evaluate", [method], eval_dir(method) / "metrics.json")) is not None:
         return metrics
     ranks = Ranks.from_environment()
-    device = rank_device(resolve_device(config.runtime), ranks)
+    device = rank_device(setup_runtime(config.runtime), ranks)
     with process_group(ranks, device):
         return _evaluate(method, config, ranks, device)
 

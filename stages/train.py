@@ -44,7 +44,7 @@ from neft.measure import device_description
 from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
-from neft.runtime import autocast_dtype, resolve_device
+from neft.runtime import autocast_dtype, resolve_device, setup_runtime
 from neft.tokenization import encode_counted, evaluation_batches, training_batches
 from neft.training import Checkpoints, TrainSettings, accumulate_gradients
 from neft.training import train as train_loop
@@ -125,7 +125,7 @@ def train(method: str, *args: str) -> dict[str, Any]:
         return summary
     settings = train_settings(config, learning_rate, steps)
     ranks = Ranks.from_environment()
-    device = rank_device(resolve_device(config.runtime), ranks)
+    device = rank_device(setup_runtime(config.runtime), ranks)
     with process_group(ranks, device):
         return _train(method, run, config, ranks, device, learning_rate, steps, settings)
 

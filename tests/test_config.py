@@ -197,14 +197,16 @@ def test_importing_a_plotting_module_leaves_matplotlibs_backend_alone(module):
     assert out.strip() == "svg"
 
 
-def test_the_runtime_set_up_draws_plots_to_files(monkeypatch):
+def test_a_stage_draws_plots_to_files(monkeypatch):
     import matplotlib
+
+    from stages._common import plots_to_files
 
     monkeypatch.delenv("MPLBACKEND", raising=False)
     before = matplotlib.get_backend()
     try:
         matplotlib.use("svg")
-        setup_runtime(RuntimeConfig(device="cpu"))
+        plots_to_files()
         assert matplotlib.get_backend().lower() == "agg" and os.environ["MPLBACKEND"] == "Agg"
     finally:
         matplotlib.use(before)
