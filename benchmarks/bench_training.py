@@ -40,9 +40,8 @@ parameters, bf16 weights; meant for a GPU).
 
 Options: --device {auto,cpu,cuda} --batch-size 8 --seq-len 128 --steps 10 (measured) --warmup 3
 --ratio 0.06 --autocast {none,bfloat16} --methods full,dense_masked,neft,lora --threads N
---seed 0 --no-scoring --out PATH.json; for implementation studies --neft-forward NAME (a forward from
-benchmarks/delta_variants.py: library, index_add, inplace, merged, merged_saved) and --compile
-(torch.compile every method's model; the first warm-up step compiles). Results and their reading:
+--seed 0 --no-scoring --out PATH.json; for implementation studies --compile (torch.compile every
+method's model; the first warm-up step compiles). Results and their reading:
 benchmarks/results/README.md.
 """
 
@@ -236,10 +235,6 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     load_seconds = time.perf_counter() - load_start
     info = model_info(model)
     mask, mask_source = benchmark_mask(model, args.model, args.ratio, args.seed)
-    if method == "neft" and args.neft_forward != "library":
-        from delta_variants import use_variant
-
-        use_variant(args.neft_forward)
     trainable = setup_method(method, model, mask=mask, base_model=args.model,
                              lora=LoraSettings(mask.trainable_parameters, alpha=LORA_ALPHA))
     run_model = torch.compile(trainable.model) if args.compile else trainable.model
@@ -272,7 +267,6 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "trainable_parameters": trainable.trainable_parameters,
         "step_seconds": times,
         "warmup_step_seconds": warmup_times,
-        "neft_forward": args.neft_forward if method == "neft" else None,
         "compiled": args.compile,
         "step_seconds_median": median,
         "step_seconds_min": min(times),
@@ -369,8 +363,6 @@ def _worker_command(args: argparse.Namespace, worker: str, out: Path) -> list[st
                "--ratio", str(args.ratio), "--autocast", args.autocast, "--seed", str(args.seed)]
     if args.threads:
         command += ["--threads", str(args.threads)]
-    if args.neft_forward != "library":
-        command += ["--neft-forward", args.neft_forward]
     if args.compile:
         command.append("--compile")
     return command
@@ -517,7 +509,7 @@ def tables(summary: dict[str, Any]) -> str:
     )
     mask_line = (
         f"mask: {mask.get('source')}; {mask.get('num_neurons')} neurons; "
-        f"NeFT forward: {config.get('neft_forward', 'library')}; torch.compile: {config.get('compile', False)}"
+        f"torch.compile: {config.get('compile', False)}"
     )
     lines = [
         header,
@@ -587,8 +579,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-scoring", action="store_true", help="skip timing neuron scoring")
-    parser.add_argument("--neft-forward", default="library",
-                        help="NeuronDeltaLinear forward variant from benchmarks/delta_variants.py (library: neft/delta.py as is)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model of every method (warm-up must be >= 1)")
     parser.add_argument("--out", type=Path, help="write all raw numbers as JSON here")
     parser.add_argument("--report", type=Path, help="only reprint the tables of a saved JSON")
