@@ -7,7 +7,7 @@ Usage:
     dvc exp run --queue -S 'seed=1,2'                      # seeds (the whole pipeline per seed)
     dvc exp run --queue -S train.steps=120 -S methods.full.learning_rate=1e-4 ...   # the learning curve (README)
     dvc queue start                                        # or: dvc exp run --run-all (waits)
-    python scripts/collect_experiments.py [--input exp_show.json] [--out reports/experiments] [--experiments 'zh11-*' ...]
+    python scripts/collect_experiments.py [--input exp_show.json] [--out experiments-summary] [--experiments 'zh11-*' ...]
 
 Without --input it runs `dvc exp show --json --all-commits` itself: experiments queued from
 earlier commits count too, and a configuration run in several commits counts once (the newest).
@@ -46,7 +46,7 @@ from neft.experiments import (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", type=Path, help="saved output of `dvc exp show --json` (default: run it)")
-    parser.add_argument("--out", type=Path, default=Path("reports/experiments"))
+    parser.add_argument("--out", type=Path, default=Path("experiments-summary"))
     parser.add_argument("--include-workspace", action="store_true")
     parser.add_argument("--experiments", nargs="+", metavar="PATTERN",
                         help="keep only the experiments whose names match one of these shell patterns, e.g. 'zh11-*'")

@@ -9,8 +9,9 @@ Usage:
     python scripts/compare_predictions.py BASELINE.jsonl:SYSTEM.jsonl [...] [--out DIR]
         [--kind translation|summarization] [--bleu-tokenize zh] [--rouge]
 
+    R=reports/experiments/en_zh_gemma/runs/seed1
     python scripts/compare_predictions.py \\
-        reports/experiments/en_zh_gemma/seed1/predictions/full.jsonl:reports/experiments/en_zh_gemma/seed1/predictions/neft.jsonl \\
+        $R/predictions/full.jsonl:$R/predictions/neft.jsonl \\
         --bleu-tokenize zh --rouge --out /tmp/neft_vs_full
 
 Each file is JSONL with id, reference, prediction (what the evaluate stages write); a pair's two
@@ -30,7 +31,7 @@ from neft.config import MetricOptions
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", help="BASELINE:SYSTEM, each a predictions .jsonl file")
-    parser.add_argument("--out", type=Path, default=Path("reports/experiments/comparison"))
+    parser.add_argument("--out", type=Path, default=Path("comparison"))
     parser.add_argument("--kind", default="translation", choices=["translation", "summarization"])
     parser.add_argument("--bleu-tokenize", default="13a")
     parser.add_argument("--rouge", action="store_true", help="translation: also compare ROUGE (CJK per character)")

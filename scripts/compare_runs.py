@@ -9,7 +9,7 @@ Pairs should share a seed and differ in one choice, e.g. the score precision (is
 
     dvc exp run -n s1-fp32 -S seed=1 -S score.form=fp32 evaluate@neft
     dvc exp run -n s1-stable -S seed=1 -S score.form=stable evaluate@neft
-    python scripts/compare_runs.py s0-fp32:s0-stable s1-fp32:s1-stable s2-fp32:s2-stable --out reports/experiments/score_precision
+    python scripts/compare_runs.py s0-fp32:s0-stable s1-fp32:s1-stable s2-fp32:s2-stable --out three_seeds
 
 --masks-only skips predictions (runs that stopped at the mask stage, e.g. `dvc exp run ... mask`).
 --baseline-method lora compares each system's NeFT with the baseline run's matched LoRA instead of
@@ -89,7 +89,7 @@ def load_run(name: str, commits: dict[str, str], with_predictions: bool, method:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", help="BASELINE:SYSTEM, each a git revision or DVC experiment name")
-    parser.add_argument("--out", type=Path, default=Path("reports/experiments/comparison"))
+    parser.add_argument("--out", type=Path, default=Path("comparison"))
     parser.add_argument("--masks-only", action="store_true", help="compare masks and scores only (no NeFT predictions)")
     parser.add_argument("--baseline-method", default="neft", choices=["neft", "lora"],
                         help="compare each system's NeFT with the baseline run's NeFT (default) or matched LoRA")

@@ -2,7 +2,7 @@
 i.e. the paper's Table 6 across experiments (the `analyze` stage covers one run's budgets and controls).
 
 Usage:
-    python scripts/mask_overlap.py main dusky-typo local-halm [--out reports/experiments/mask_overlap]
+    python scripts/mask_overlap.py main dusky-typo local-halm [--out experiments-summary]
 
 Each argument is a git revision or a DVC experiment name; its artifacts/mask/mask.json is read from
 the DVC cache at that revision. Prints the matrix as Markdown and writes mask_overlap.json/.md.
@@ -34,7 +34,7 @@ def experiment_commits() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("revisions", nargs="+", help="git revisions or DVC experiment names")
-    parser.add_argument("--out", type=Path, default=Path("reports/experiments"))
+    parser.add_argument("--out", type=Path, default=Path("experiments-summary"))
     args = parser.parse_args()
     if len(args.revisions) < 2:
         sys.exit("give at least two revisions to compare")
