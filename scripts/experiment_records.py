@@ -364,21 +364,36 @@ def learning_curve_figure(question: Question, path: Path) -> None:
     plt.close(figure)
 
 
+def _verdict(question: Question, pair: list[str], metric: str = "BLEU", first: str = "NeFT") -> str:
+    comparison = " - ".join(pair)
+    found = next(r for r in question.rows if r["comparison"] == comparison and r["metric"] == metric)  # type: ignore[attr-defined]
+    result = found["result"]
+    verdict = "within noise" if result.p_value >= ALPHA else (f"{first} higher" if result.difference > 0 else f"{first} lower")
+    text = f"{_number(result.difference)} (p {_p(result.p_value)}), {verdict}"
+    return f"**{text}**" if result.p_value < ALPHA else text
+
+
+def _page_link(question: Question) -> str:
+    page = question.spec["page"].removeprefix("docs/")
+    return f"[{page.removeprefix('experiments/')}](docs/{page})"
+
+
 def readme_table(config: dict[str, Any], questions: dict[str, Question]) -> str:
     lines = ["| setting | NeFT - LoRA (BLEU) | NeFT - full FT (BLEU) | seeds | record |", "|---|---|---|---|---|"]
     for row in config["readme"]:
         question = questions[row["question"]]
-        cells = []
-        for side in ("lora", "full"):
-            comparison = " - ".join(row[side])
-            found = next(r for r in question.rows if r["comparison"] == comparison and r["metric"] == "BLEU")  # type: ignore[attr-defined]
-            result = found["result"]
-            verdict = "within noise" if result.p_value >= ALPHA else ("NeFT higher" if result.difference > 0 else "NeFT lower")
-            text = f"{_number(result.difference)} (p {_p(result.p_value)}), {verdict}"
-            cells.append(f"**{text}**" if result.p_value < ALPHA else text)
-        seeds = question.members(row[side][0])
-        page = question.spec["page"].removeprefix("docs/")
-        lines.append(f"| {row['setting']} | {cells[0]} | {cells[1]} | {len(seeds)} | [{page.removeprefix('experiments/')}](docs/{page}) |")
+        seeds = len(question.members(row["lora"][0]))
+        lines.append(f"| {row['setting']} | {_verdict(question, row['lora'])} | {_verdict(question, row['full'])} | {seeds} | "
+                     f"{_page_link(question)} |")
+    return "\n".join(lines)
+
+
+def readme_controls(config: dict[str, Any], questions: dict[str, Question]) -> str:
+    spec = config["readme_controls"]
+    question = questions[spec["question"]]
+    lines = ["| the probe's mask against | BLEU | ROUGE-L |", "|---|---|---|"]
+    for label, pair in spec["rows"].items():
+        lines.append(f"| {label} | {_verdict(question, pair, 'BLEU', 'probe')} | {_verdict(question, pair, 'ROUGE-L', 'probe')} |")
     return "\n".join(lines)
 
 
@@ -419,6 +434,7 @@ def regenerate(out: Path, index_only: bool = False) -> list[Path]:
     for question in questions.values():
         tables.update(question_tables(question))
     tables["readme/findings"] = readme_table(config, questions)
+    tables["readme/controls"] = readme_controls(config, questions)
     for name, text in tables.items():
         question, table = name.split("/")
         if question != "readme":
