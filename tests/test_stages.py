@@ -23,6 +23,7 @@ from neft.delta import load_delta
 from neft.errors import UserError
 from neft.evaluation import generate_greedy
 from neft.io import write_json
+from neft.masks import ModelShape, load_mask, neurons_for_ratio
 from neft.models import load_model
 from stages.analyze import analyze
 from stages.evaluate import evaluate
@@ -54,7 +55,11 @@ def rerun_gives_the_same_bytes(paths: list[str], run) -> None:
 
 def test_prepare_data_writes_the_splits(workspace):
     summary = prepare_data(workspace)
-    assert {summary[f"{split}_examples"] for split in ("train", "valid", "test")} and summary["train_examples"] > 0
+    for split in ("train", "valid", "test"):  # the example task keeps every line of its three files
+        given = Path(workspace.task.files[split]).read_text().splitlines()
+        written = Path(f"data/prepared/{split}.jsonl").read_text().splitlines()
+        assert summary[f"{split}_examples"] == len(written) == len(given), split
+    assert (summary["train_examples"], summary["valid_examples"], summary["test_examples"]) == (140, 20, 20)
     rerun_gives_the_same_bytes(["data/prepared/train.jsonl", "data/prepared/test.jsonl"], lambda: prepare_data(workspace))
 
 
@@ -163,7 +168,19 @@ def test_neft_lora_adapter_is_the_merged_model(workspace):
 
 def test_analyze_writes_plots_and_overlaps(workspace):
     result = analyze(workspace)
-    assert result["jaccard"]["cosine@0.06"] == 1.0 and result["jaccard"]["reversed@0.06"] == 0.0
+    overlaps = result["jaccard"]
+    assert overlaps["cosine@0.06"] == 1.0 and overlaps["reversed@0.06"] == 0.0  # the run's mask is the cosine one
+    # Masks of other budgets nest around the run's (the same ranking, cut at k): |small| / |large|.
+    run_neurons = load_mask(Path("artifacts/mask/mask.json")).num_neurons
+    scores = pd.read_parquet("artifacts/scores/scores.parquet")
+    shape = ModelShape(**json.loads(Path("artifacts/model/neft_shape.json").read_text()))
+    assert sorted(overlaps) == sorted([*(f"cosine@{r}" for r in workspace.analysis.compare_ratios),
+                                       "cosine@0.06", "reversed@0.06", "random@0.06"])
+    for ratio in workspace.analysis.compare_ratios:
+        neurons = neurons_for_ratio(ratio, shape, pool_size=len(scores))
+        assert neurons != run_neurons
+        assert overlaps[f"cosine@{ratio}"] == pytest.approx(min(neurons, run_neurons) / max(neurons, run_neurons)), ratio
+    assert 0.0 < overlaps["random@0.06"] < 1.0
     assert Path("reports/analysis/score_histogram.png").is_file()
 
 
