@@ -24,7 +24,7 @@ def test_readme_api_example_runs_and_both_merges_agree(tiny_model, tmp_path, mon
     namespace: dict = {}
     exec(compile(readme_api_example(), "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
 
-    mask, merged, plain = namespace["mask"], namespace["merged"], namespace["plain"]
+    mask, merged, plain = namespace["mask"], namespace["merged"], namespace["again"].merge_and_unload()
     assert mask.num_neurons > 0 and (tmp_path / "my_delta" / "neft_config.json").is_file()
     for name, tensor in merged.state_dict().items():
         assert torch.equal(tensor, plain.state_dict()[name]), name

@@ -24,22 +24,3 @@ def test_every_relative_link_in_the_readme_exists():
     missing = [link for link in relative if not (ROOT / link).exists()]
     assert not missing, missing
 
-
-def test_the_readme_library_example_runs_as_written(tiny_model, tmp_path):
-    """README's "Using NeFT in your own code" block, run on the tiny model and a perturbed copy as probe."""
-    import torch
-    from conftest import inside
-
-    section = (ROOT / "README.md").read_text().split("## Using NeFT in your own code", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    tiny_model.save_pretrained(tmp_path / "base_dir")
-    with torch.no_grad():
-        for parameter in tiny_model.parameters():
-            parameter.add_(1e-3 * torch.randn_like(parameter))
-    tiny_model.save_pretrained(tmp_path / "probe_dir")
-    namespace: dict = {}
-    with inside(tmp_path):
-        exec(compile(code, "README.md", "exec"), namespace)
-    assert (tmp_path / "my_delta" / "neft_delta.safetensors").is_file()
-    merged, again = namespace["merged"].state_dict(), namespace["again"].merge_and_unload().state_dict()
-    assert all(torch.equal(tensor, again[name]) for name, tensor in merged.items())
