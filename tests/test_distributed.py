@@ -212,23 +212,24 @@ def test_a_rank_takes_an_equal_contiguous_share_of_every_batch():
     assert Ranks().shard(batch) is batch
 
 
+# Each rank writes its own file: two processes printing to one pipe can interleave their lines.
 SUM_OVER_TWO_RANKS = """
 import json
+from pathlib import Path
 import torch
 from neft.distributed import Ranks, process_group
 ranks = Ranks.from_environment()
 with process_group(ranks, torch.device("cpu")):
     totals = ranks.sum_over_ranks([ranks.rank + 0.5, 10.0 ** ranks.rank])
-print(json.dumps({"rank": ranks.rank, "totals": totals}))
+Path(f"rank{ranks.rank}.json").write_text(json.dumps({"rank": ranks.rank, "totals": totals}))
 """
 
 
 def test_every_rank_gets_the_sum_over_the_ranks_and_one_process_does_not_communicate(tmp_path, monkeypatch):
     script = tmp_path / "sum.py"
     script.write_text(SUM_OVER_TWO_RANKS)
-    printed = run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)],
-                  tmp_path, PYTHONPATH=str(ROOT)).stdout
-    results = sorted((json.loads(line) for line in printed.splitlines() if line.startswith("{")), key=lambda r: r["rank"])
+    run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)], tmp_path, PYTHONPATH=str(ROOT))
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
     # rank 0 holds [0.5, 1], rank 1 holds [1.5, 10]
     assert results == [{"rank": 0, "totals": [2.0, 11.0]}, {"rank": 1, "totals": [2.0, 11.0]}]
 
