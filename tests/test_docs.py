@@ -23,4 +23,3 @@ def test_every_relative_link_in_the_readme_exists():
     assert relative, "the README links its docs pages"
     missing = [link for link in relative if not (ROOT / link).exists()]
     assert not missing, missing
-
