@@ -62,15 +62,12 @@ from typing import Any
 from neft import use_offline_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-use_offline_environment()
+use_offline_environment()  # before anything imports huggingface_hub, which reads it once
 
-METHODS = ("full", "dense_masked", "neft", "lora")
-LABELS = {
-    "full": "full FT",
-    "dense_masked": "NeFT, dense grad mask (reference)",
-    "neft": "NeFT, sparse deltas (ours)",
-    "lora": "LoRA, matched budget",
-}
+from neft.methods import REGISTRY, method_names  # noqa: E402
+
+METHODS = method_names("method", "reference")  # the compared methods and the dense-masking reference
+LABELS = {name: REGISTRY[name].label for name in METHODS}
 MODELS = ("smollm2", "tiny", "llama-1b")
 BASE_MODEL_DIR = ROOT / "artifacts" / "model"
 PROBE_DIR = ROOT / "artifacts" / "probe"
@@ -222,7 +219,7 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from neft.methods import LoraSettings, setup_method
+    from neft.methods import LoraSettings, SetupInputs, setup_method
     from neft.training import TrainSettings, train
 
     device = _resolve_device(args.device)
@@ -235,8 +232,8 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     load_seconds = time.perf_counter() - load_start
     info = model_info(model)
     mask, mask_source = benchmark_mask(model, args.model, args.ratio, args.seed)
-    trainable = setup_method(method, model, mask=mask, base_model=args.model,
-                             lora=LoraSettings(mask.trainable_parameters, alpha=LORA_ALPHA))
+    inputs = SetupInputs(mask=mask, lora=LoraSettings(mask.trainable_parameters, alpha=LORA_ALPHA), base_model=args.model)
+    trainable = setup_method(method, model, inputs)
     run_model = torch.compile(trainable.model) if args.compile else trainable.model
     batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len, args.seed, device)
     settings = TrainSettings(steps=args.warmup + args.steps, learning_rate=LEARNING_RATE, max_grad_norm=MAX_GRAD_NORM,

@@ -17,9 +17,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from neft.methods import EVAL_METHODS
 from neft.significance import seed_t_test
 
-METHODS = ("base", "full", "neft", "lora")
 GROUP_KEYS = ("task", "model", "score_form", "ratio", "strategy", "steps")
 # Runs from before `score.form` existed scored with the paper's fp32 cosine.
 SCORE_FORM_BEFORE_THE_OPTION = "fp32"
@@ -103,7 +103,7 @@ def experiment_rows(exp_show: list[dict[str, Any]], include_workspace: bool = Fa
             warnings.warn(f"left out {name}: its reports/metrics.json was made for other settings ({'; '.join(mismatches)}); "
                           "the run stopped before its report stage, so rerun it through `report`", stacklevel=2)
             continue
-        for method in METHODS:
+        for method in EVAL_METHODS:
             if method not in metrics:
                 continue
             # NeFT's row carries the run's paired bootstrap against each baseline: neft_vs_lora.bleu_p, ...

@@ -39,7 +39,16 @@ from neft.config import Config, ModelConfig, RuntimeConfig
 from neft.errors import ConfigError
 from neft.masks import ModelShape, NeuronMask, neurons_for_ratio
 from neft.measure import TensorLifetimes
-from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, lora_parameters_per_rank, lora_rank_for_budget, setup_method
+from neft.methods import (
+    TRAINING_RUNS,
+    LoraSettings,
+    SetupInputs,
+    get_method,
+    lora_parameters_per_rank,
+    lora_rank_for_budget,
+    run_method,
+    setup_method,
+)
 from neft.models import byte_level_tokenizer, torch_dtype, wheel_gguf_file
 from neft.runtime import autocast_dtype
 from neft.tokenization import IGNORE_INDEX
@@ -121,14 +130,15 @@ def even_mask(model: nn.Module, ratio: float, kinds: Sequence[str]) -> NeuronMas
 
 def set_up(model: nn.Module, spec: MethodSpec, mask: NeuronMask | None = None) -> tuple[nn.Module, list[nn.Parameter]]:
     """`model` set up by the library for `spec.setup`, with `mask` or else an even one of the budget."""
-    needs_budget = spec.setup in ("neft", "lora")
-    mask = mask or (even_mask(model, spec.ratio, spec.kinds) if needs_budget else None)
+    needs = get_method(spec.setup).needs
+    mask = mask or (even_mask(model, spec.ratio, spec.kinds) if needs else None)  # the mask, or LoRA's budget
     lora = None
-    if spec.setup == "lora":
+    if "lora" in needs:
         budget = mask.trainable_parameters if spec.lora_rank is None else spec.lora_rank * lora_parameters_per_rank(model)
         lora = LoraSettings(budget=budget)
-    trainable = setup_method(spec.setup, model, mask=mask, base_model="memory-plan", lora=lora, kinds=spec.kinds,
-                             probe_rank=spec.probe_rank)
+    inputs = SetupInputs(mask=mask if "mask" in needs else None, lora=lora, kinds=tuple(spec.kinds), probe_rank=spec.probe_rank,
+                         base_model="memory-plan")
+    trainable = setup_method(spec.setup, model, inputs)
     return trainable.model, trainable.parameters
 
 
@@ -346,7 +356,7 @@ def activation_bytes(fit: ActivationFit, config: PretrainedConfig, workload: Wor
 
 def neuron_fraction(model: nn.Module, spec: MethodSpec) -> float:
     """The share of each layer's candidate neurons an even mask of the budget takes (NeFT's calibration)."""
-    if spec.setup != "neft":
+    if "mask" not in get_method(spec.setup).needs:
         return 0.0
     mask = even_mask(model, spec.ratio, spec.kinds)
     return mask.num_neurons / (len(spec.kinds) * mask.shape.num_layers * mask.shape.d_ff)
@@ -354,7 +364,7 @@ def neuron_fraction(model: nn.Module, spec: MethodSpec) -> float:
 
 def calibration_spec(model: nn.Module, spec: MethodSpec) -> MethodSpec:
     """For LoRA, the tiny models take the rank the real model's budget gives (its per-token cost scales with it)."""
-    if spec.setup != "lora":
+    if "lora" not in get_method(spec.setup).needs:
         return spec
     budget = even_mask(model, spec.ratio, spec.kinds).trainable_parameters
     return replace(spec, lora_rank=lora_rank_for_budget(model, budget))
@@ -374,7 +384,7 @@ def plan(config: PretrainedConfig, specs: Sequence[MethodSpec], workload: Worklo
             embedding_trains = model.get_input_embeddings().weight.requires_grad
             activations = activation_bytes(fit, config, workload, dtype, autocast_dtype, checkpointed, embedding_trains)
             for strategy in strategies if processes > 1 else ("none",):
-                state = state_bytes(model, parameters, strategy, processes, optimizer=spec.setup != "probe_gradient")
+                state = state_bytes(model, parameters, strategy, processes, optimizer=get_method(spec.setup).trains)
                 rows.append(PlanRow(spec.setup, strategy, processes, checkpointed, **state, activation_bytes=activations))
     return rows
 
@@ -403,8 +413,7 @@ def as_json(rows: Sequence[PlanRow]) -> list[dict[str, Any]]:
 
 def method_spec(run: str, config: Config) -> MethodSpec:
     """The set-up a training run of the pipeline uses (the probe's follows probe.kind)."""
-    setup = PROBE_SETUPS[config.probe.kind] if run == "probe" else run
-    return MethodSpec(setup, config.ratio, config.mask.kinds, config.probe.lora_rank)
+    return MethodSpec(run_method(run, config.probe.kind).name, config.ratio, config.mask.kinds, config.probe.lora_rank)
 
 
 def workload(config: Config, processes: int | None = None, labelled_fraction: float = 1.0) -> Workload:

@@ -1,5 +1,10 @@
 """What makes probe, NeFT, full FT and LoRA different: which parameters train, how they are saved,
 and how a saved result is loaded back as a plain model. The training loop itself is shared.
+
+Each way of training is one `Method` in `REGISTRY`: its role (a compared method, a probe kind, the
+untrained baseline or the dense-masking reference), its set-up, how its result loads, and which
+`SetupInputs` it needs. Every list of method names derives from the registry; adding a method (say
+structured random channels, as in S2FT) is one `Method` here and, for the pipeline, its config.
 """
 
 from __future__ import annotations
@@ -8,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -21,16 +26,6 @@ from neft.models import load_model
 from neft.neurons import DEFAULT_KINDS, NEURON_KINDS, DecoderLayout
 from neft.provenance import model_fingerprint, read_made_from, require_same
 
-METHODS = ("full", "neft", "lora")
-EVAL_METHODS = ("base", *METHODS)
-# What `setup_method` knows: the pipeline's training runs, plus the reference implementation's dense
-# gradient masking, which the benchmark compares against and the pipeline never uses.
-TRAINING_RUNS = ("probe", *METHODS)
-# probe_matrices, probe_lora and probe_gradient are the cheap probes (`probe.kind`): they change only
-# the matrices holding the candidate neurons, so that scoring and everything after stay the same.
-SETUPS = (*TRAINING_RUNS, "probe_matrices", "probe_lora", "probe_gradient", "dense_masked")
-# The set-up of each `probe.kind` (neft.config.PROBE_KINDS).
-PROBE_SETUPS = {"full": "probe", "matrices": "probe_matrices", "lora": "probe_lora", "gradient": "probe_gradient"}
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -150,50 +145,6 @@ class LoraSettings:
     dropout: float = 0.0
 
 
-def setup_method(
-    method: str,
-    model: nn.Module,
-    *,
-    mask: NeuronMask | None = None,
-    base_model: str = "",
-    lora: LoraSettings | None = None,
-    made_from: Mapping[str, str] | None = None,
-    kinds: Sequence[str] = DEFAULT_KINDS,
-    probe_rank: int = 64,
-    probe_step_size: float = 1.0,
-) -> TrainableModel:
-    """Make `model` trainable the way `method` wants; the training loop afterwards is the same for all.
-
-    probe, full: every parameter. probe_matrices: the matrices of the neuron `kinds` (whole).
-    probe_lora: LoRA of `probe_rank` on those matrices, merged when saved. probe_gradient: those
-    matrices collect gradients (no training; see `gradient_probe`), saved one SGD step of
-    `probe_step_size` along them. neft: the mask's neurons,
-    as deltas (needs `mask`; `base_model` is recorded in the saved config, with the `made_from`
-    fingerprints). lora: adapters on every linear projection at the rank matching `lora.budget`.
-    dense_masked: the mask's neurons by zeroing gradients (a reference, not a method).
-    """
-    if method in ("probe", "full"):
-        return full_finetuning(model)
-    if method == "probe_matrices":
-        return matrices_probe(model, kinds)
-    if method == "probe_lora":
-        return lora_probe(model, kinds, probe_rank)
-    if method == "probe_gradient":
-        return gradient_probe(model, kinds, probe_step_size)
-    if method in ("neft", "dense_masked"):
-        if mask is None:
-            raise ValueError(f"method {method!r} needs a mask")
-        return neft_finetuning(model, mask, base_model, made_from) if method == "neft" else dense_masked_finetuning(model, mask)
-    if method == "lora":
-        if lora is None:
-            raise ValueError("method 'lora' needs LoraSettings")
-        per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
-        trainable = lora_finetuning(model, lora_rank_for_budget(model, lora.budget), lora.alpha, lora.dropout)
-        trainable.details.update(neft_budget=lora.budget, parameters_per_rank=per_rank)
-        return trainable
-    raise ValueError(f"unknown method {method!r}; choose one of {SETUPS}")
-
-
 def dense_masked_finetuning(model: nn.Module, mask: NeuronMask) -> TrainableModel:
     """The reference implementation's way (kept for tests and benchmarks, never for the pipeline):
     whole candidate matrices train and their gradients are zeroed outside the mask, so the optimizer
@@ -215,22 +166,126 @@ def dense_masked_finetuning(model: nn.Module, mask: NeuronMask) -> TrainableMode
     return TrainableModel(model, parameters, save=lambda out: model.save_pretrained(out))
 
 
-def load_trained_model(method: str, base_dir: Path, weights_dir: Path | None, dtype: torch.dtype | None = None) -> nn.Module:
-    """A plain transformers model for `method`, with any adapter or delta merged in."""
-    if method == "base":
-        return load_model(base_dir, dtype)
-    if weights_dir is None:
-        raise ValueError(f"method {method!r} needs its trained weights directory")
-    if method == "full":
-        return load_model(weights_dir, dtype)
-    if method == "neft":
-        neft_model = NeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir)
-        require_same(f"the NeFT delta in {weights_dir}", neft_model.delta_config.base_fingerprint, model_fingerprint(base_dir),
-                     f"the base model in {base_dir}")
-        return neft_model.merge_and_unload()
-    if method == "lora":
-        require_same(f"the LoRA adapter in {weights_dir}", read_made_from(weights_dir).get("base_model"), model_fingerprint(base_dir),
-                     f"the base model in {base_dir}")
-        check_safetensors_in(weights_dir)
-        return PeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir).merge_and_unload()
-    raise ValueError(f"unknown method {method!r}; choose one of {EVAL_METHODS}")
+def _load_base(base_dir: Path, weights_dir: Path | None, dtype: torch.dtype | None) -> nn.Module:
+    return load_model(base_dir, dtype)
+
+
+def _load_full(base_dir: Path, weights_dir: Path, dtype: torch.dtype | None) -> nn.Module:
+    return load_model(weights_dir, dtype)
+
+
+def _load_neft(base_dir: Path, weights_dir: Path, dtype: torch.dtype | None) -> nn.Module:
+    neft_model = NeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir)
+    require_same(f"the NeFT delta in {weights_dir}", neft_model.delta_config.base_fingerprint, model_fingerprint(base_dir),
+                 f"the base model in {base_dir}")
+    return neft_model.merge_and_unload()
+
+
+def _load_lora(base_dir: Path, weights_dir: Path, dtype: torch.dtype | None) -> nn.Module:
+    require_same(f"the LoRA adapter in {weights_dir}", read_made_from(weights_dir).get("base_model"), model_fingerprint(base_dir),
+                 f"the base model in {base_dir}")
+    check_safetensors_in(weights_dir)
+    return PeftModel.from_pretrained(load_model(base_dir, dtype), weights_dir).merge_and_unload()
+
+
+def _setup_lora(model: nn.Module, inputs: SetupInputs) -> TrainableModel:
+    per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
+    lora = inputs.lora
+    trainable = lora_finetuning(model, lora_rank_for_budget(model, lora.budget), lora.alpha, lora.dropout)
+    trainable.details.update(neft_budget=lora.budget, parameters_per_rank=per_rank)
+    return trainable
+
+
+@dataclass(frozen=True)
+class SetupInputs:
+    """What a set-up may take besides the model. Each method names the fields it needs (`Method.needs`)."""
+
+    mask: NeuronMask | None = None  # neft, dense_masked
+    lora: LoraSettings | None = None  # lora: the budget its rank matches
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # probes: the kinds whose matrices they change
+    probe_rank: int = 64  # probe_lora
+    probe_step_size: float = 1.0  # probe_gradient
+    base_model: str = ""  # neft: the base model's name, recorded in the delta
+    made_from: Mapping[str, str] | None = None  # neft: fingerprints of the base weights and mask.json
+
+
+Role = Literal["baseline", "method", "probe", "reference"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of training (or not): what trains, how it is saved and loaded, what it needs."""
+
+    name: str
+    role: Role
+    label: str  # how tables name it
+    setup: Callable[[nn.Module, SetupInputs], TrainableModel] | None = None  # None: nothing trains (the baseline)
+    load: Callable[[Path, Path | None, torch.dtype | None], nn.Module] | None = None  # a trained result as a plain model
+    needs: tuple[str, ...] = ()  # SetupInputs fields that must be given
+    probe_kind: str | None = None  # the `probe.kind` that selects this probe
+    trains: bool = True  # False: one pass that only accumulates gradients (the gradient probe)
+
+
+REGISTRY: dict[str, Method] = {method.name: method for method in (
+    Method("base", "baseline", "base model", load=_load_base),
+    Method("full", "method", "full FT", lambda model, inputs: full_finetuning(model), _load_full),
+    Method("neft", "method", "NeFT, sparse deltas",
+           lambda model, inputs: neft_finetuning(model, inputs.mask, inputs.base_model, inputs.made_from), _load_neft,
+           needs=("mask",)),
+    Method("lora", "method", "LoRA, matched budget", _setup_lora, _load_lora,
+           needs=("lora",)),
+    Method("probe", "probe", "full probe",
+           lambda model, inputs: full_finetuning(model), probe_kind="full"),
+    Method("probe_matrices", "probe", "candidate-matrices probe",
+           lambda model, inputs: matrices_probe(model, inputs.kinds), probe_kind="matrices"),
+    Method("probe_lora", "probe", "LoRA probe",
+           lambda model, inputs: lora_probe(model, inputs.kinds, inputs.probe_rank), probe_kind="lora"),
+    Method("probe_gradient", "probe", "gradient probe",
+           lambda model, inputs: gradient_probe(model, inputs.kinds, inputs.probe_step_size), probe_kind="gradient",
+           trains=False),
+    Method("dense_masked", "reference", "NeFT, dense grad mask (reference)",
+           lambda model, inputs: dense_masked_finetuning(model, inputs.mask), needs=("mask",)),
+)}
+
+
+def method_names(*roles: Role) -> tuple[str, ...]:
+    """The registered names of these roles, in registry order."""
+    return tuple(name for name, method in REGISTRY.items() if method.role in roles)
+
+
+METHODS = method_names("method")  # what the pipeline compares
+EVAL_METHODS = method_names("baseline", "method")  # what it evaluates
+TRAINING_RUNS = ("probe", *METHODS)  # what stages.train runs: the probe (its kind from probe.kind) and each method
+PROBE_SETUPS = {method.probe_kind: name for name, method in REGISTRY.items() if method.probe_kind}
+
+
+def get_method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose one of {tuple(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def run_method(run: str, probe_kind: str) -> Method:
+    """The method a pipeline training run uses: a method by its name, the probe by `probe.kind`."""
+    return get_method(PROBE_SETUPS[probe_kind] if run == "probe" else run)
+
+
+def setup_method(name: str, model: nn.Module, inputs: SetupInputs = SetupInputs()) -> TrainableModel:
+    """Make `model` trainable the way method `name` wants; the training loop afterwards is the same for all."""
+    method = get_method(name)
+    if method.setup is None:
+        raise ValueError(f"{name!r} trains nothing")
+    missing = [need for need in method.needs if getattr(inputs, need) is None]
+    if missing:
+        raise ValueError(f"method {name!r} needs SetupInputs({', '.join(f'{need}=...' for need in missing)})")
+    return method.setup(model, inputs)
+
+
+def load_trained_model(name: str, base_dir: Path, weights_dir: Path | None, dtype: torch.dtype | None = None) -> nn.Module:
+    """A plain transformers model for method `name`, with any adapter or delta merged in."""
+    method = get_method(name)
+    if method.load is None:
+        raise ValueError(f"{name!r} leaves no result to load; choose one of {EVAL_METHODS}")
+    if weights_dir is None and method.role != "baseline":
+        raise ValueError(f"method {name!r} needs its trained weights directory")
+    return method.load(base_dir, weights_dir, dtype)

@@ -45,10 +45,11 @@ sys.path.insert(0, str(ROOT))
 
 from neft.config import MetricOptions  # noqa: E402
 from neft.evaluation import task_metrics  # noqa: E402
+from neft.methods import EVAL_METHODS  # noqa: E402
 from neft.significance import seed_aware_test  # noqa: E402
 
 RECORDS = Path("reports/experiments")
-METHODS = ("base", "full", "lora", "neft")
+METHODS = tuple(sorted(EVAL_METHODS))  # the order index.json lists them in
 METRIC_LABELS = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
                  "rougeLsum": "ROUGE-Lsum"}
 ALPHA = 0.05

@@ -41,7 +41,7 @@ from neft.distributed import Ranks, full_state_dict, process_group, rank_device,
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.measure import device_description
-from neft.methods import PROBE_SETUPS, TRAINING_RUNS, LoraSettings, TrainableModel, setup_method
+from neft.methods import TRAINING_RUNS, LoraSettings, Method, SetupInputs, TrainableModel, run_method, setup_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.runtime import autocast_dtype, resolve_device, setup_runtime
@@ -52,20 +52,20 @@ from stages._common import run_stage
 
 
 def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableModel:
-    """The library's set-up of `run` (probe or a method), with this pipeline's mask and budget."""
-    if run == "neft":
+    """The library's set-up of `run` (probe or a method), given what its method needs from this
+    pipeline: the mask (with the fingerprints it is recorded with), or the budget LoRA's rank matches."""
+    method = run_method(run, config.probe.kind)
+    mask = made_from = lora = None
+    if "mask" in method.needs:
         mask = load_mask(MASK_FILE)
         validate_mask(mask, ModelShape.of(model))
         made_from = {"base_model": model_fingerprint(BASE_MODEL_DIR), "mask": file_sha256(MASK_FILE)}
-        return setup_method(run, model, mask=mask, base_model=config.model.name, made_from=made_from)
-    if run == "lora":
-        lora = config.methods.lora
-        return setup_method(run, model, lora=LoraSettings(read_budget(), lora.alpha, lora.dropout))
-    if run == "probe":
-        method = PROBE_SETUPS[config.probe.kind]
-        rank = config.probe.lora_rank if config.probe.kind == "lora" else 0
-        return setup_method(method, model, kinds=config.mask.kinds, probe_rank=rank, probe_step_size=config.probe.learning_rate)
-    return setup_method(run, model)
+    if "lora" in method.needs:
+        settings = getattr(config.methods, run)
+        lora = LoraSettings(read_budget(), settings.alpha, settings.dropout)
+    inputs = SetupInputs(mask=mask, lora=lora, kinds=tuple(config.mask.kinds), probe_rank=config.probe.lora_rank,
+                         probe_step_size=config.probe.learning_rate, base_model=config.model.name, made_from=made_from)
+    return setup_method(method.name, model, inputs)
 
 
 def train_settings(config: Config, learning_rate: float, steps: int) -> TrainSettings:
@@ -114,10 +114,11 @@ def train(method: str, *args: str) -> dict[str, Any]:
     learning_rate, steps = learning_rate_and_steps(method, rate[0] if rate else None, config)
     run = "probe" if method == "probe" else candidate_run(method, learning_rate)
     # Fail on a bad mask or budget before loading anything heavy.
-    if method == "neft":
+    needs = run_method(method, config.probe.kind).needs
+    if "mask" in needs:
         require_same(f"the mask {MASK_FILE}", load_mask(MASK_FILE).made_from.get("base_model"), model_fingerprint(BASE_MODEL_DIR),
                      f"the base model in {BASE_MODEL_DIR}")
-    if method == "lora":
+    if "lora" in needs:
         read_budget()
     require_memory_fits(method, config)
     # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
@@ -149,13 +150,13 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
               "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
     # Under FSDP a rank holds only its shards: checkpoints (rank 0's file) would not resume them.
     checkpoints = Checkpoints(checkpoint_dir(run), 0 if sharded else config.train.checkpoint_every,
-                              run_fingerprint(method, recipe))
+                              run_fingerprint(run_method(method, config.probe.kind), recipe))
     batches = map(ranks.shard, training_batches(train_items, batch_size, tokenizer.pad_token_id, seed))
     model_in_training, parameters = wrap_for_training(trainable.model, trainable.parameters, ranks, device, config.runtime.strategy)
     checkpoints.check()  # an unreadable checkpoint fails here, before Live empties this run's plots and metrics
     with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
         on_step = _dvclive_logger(live) if ranks.is_main else None
-        if method == "probe" and config.probe.kind == "gradient":  # no training: one pass, nothing to resume
+        if not run_method(method, config.probe.kind).trains:  # the gradient probe: one pass, nothing to resume
             result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
                                           on_step=on_step, description=run, ranks=ranks, micro_batches=settings.micro_batches)
         else:
@@ -205,7 +206,7 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
         trainable.save(scratch)
         # The selection records the chosen run's fingerprint, so evaluation reruns exactly when its weights change.
         summary["weights_sha256"] = record_fingerprint(scratch)
-        if method == "lora":
+        if "lora" in run_method(method, config.probe.kind).needs:
             write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
     # The summary, with its timings, goes to reports/ only: the weights directory, which later stages
     # depend on, holds nothing that differs between two runs of the same weights.
@@ -237,12 +238,12 @@ def load_and_set_up(method: str, config: Config, device: torch.device) -> tuple[
     return setup_run(method, model, config), total
 
 
-def run_fingerprint(method: str, recipe: dict[str, Any]) -> str:
+def run_fingerprint(method: Method, recipe: dict[str, Any]) -> str:
     """What a run is made of: its recipe and the identity (path, size, modification time) of every
     input file. Identity rather than content: hashing a 7B model's shards at every start would cost
     minutes, and DVC rewrites a changed input, which changes its modification time."""
     inputs = [DATA_DIR / "train.jsonl", DATA_DIR / "valid.jsonl", *sorted(BASE_MODEL_DIR.iterdir())]
-    inputs += {"neft": [MASK_FILE], "lora": [BUDGET_FILE]}.get(method, [])
+    inputs += [MASK_FILE] * ("mask" in method.needs) + [BUDGET_FILE] * ("lora" in method.needs)
     identity = [recipe] + [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in inputs]
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -13,7 +13,7 @@ from torch import nn
 import bench_training
 from neft.delta import NeuronDeltaLinear
 
-METHODS = ("full", "dense_masked", "neft", "lora")
+METHODS = bench_training.METHODS
 
 
 def test_library_forward_gives_the_additive_reference_gradients():

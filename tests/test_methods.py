@@ -1,8 +1,26 @@
+import dataclasses
+
 import pytest
 import torch
 from conftest import random_batch, random_mask
 
-from neft.methods import LORA_TARGETS, full_finetuning, load_trained_model, lora_finetuning, lora_parameters_per_rank, lora_rank_for_budget
+from neft.config import PROBE_KINDS, MethodsConfig
+from neft.methods import (
+    EVAL_METHODS,
+    LORA_TARGETS,
+    METHODS,
+    PROBE_SETUPS,
+    REGISTRY,
+    Method,
+    SetupInputs,
+    full_finetuning,
+    load_trained_model,
+    lora_finetuning,
+    lora_parameters_per_rank,
+    lora_rank_for_budget,
+    neft_finetuning,
+    setup_method,
+)
 from neft.models import count_parameters
 
 
@@ -49,3 +67,31 @@ def test_saved_lora_adapter_loads_and_merges_to_the_same_outputs(tiny_model, tmp
 def test_unknown_method_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         load_trained_model("prefix", tmp_path, tmp_path)
+
+
+def test_a_method_without_what_it_needs_is_refused_naming_it(tiny_model):
+    with pytest.raises(ValueError, match=r"method 'neft' needs SetupInputs\(mask=...\)"):
+        setup_method("neft", tiny_model, SetupInputs())
+    with pytest.raises(ValueError, match=r"method 'lora' needs SetupInputs\(lora=...\)"):
+        setup_method("lora", tiny_model, SetupInputs(mask=random_mask(tiny_model, per_matrix=2)))
+
+
+def test_the_registry_agrees_with_the_config_and_the_pipeline():
+    """Every compared method has a config section (its rates) and a result to evaluate; every probe
+    kind the config accepts has a probe; the pipeline's lists are the registry's."""
+    assert {field.name for field in dataclasses.fields(MethodsConfig)} == set(METHODS)
+    assert all(REGISTRY[name].setup and REGISTRY[name].load for name in METHODS)
+    assert set(PROBE_SETUPS) == set(PROBE_KINDS) and all(REGISTRY[name].role == "probe" for name in PROBE_SETUPS.values())
+    assert EVAL_METHODS == ("base", *METHODS) and REGISTRY["base"].setup is None
+
+
+def test_a_registered_method_trains_through_the_shared_set_up(tiny_model, monkeypatch):
+    """Adding a method is one Method: here the first column of every down_proj, as a structured sketch."""
+    def first_columns(model, inputs):
+        mask = random_mask(model, per_matrix=1)
+        mask.indices = {"out": {layer: [0] for layer in range(mask.shape.num_layers)}}
+        return neft_finetuning(model, mask, "tiny")
+
+    monkeypatch.setitem(REGISTRY, "first_columns", Method("first_columns", "method", "first columns", first_columns))
+    trainable = setup_method("first_columns", tiny_model)
+    assert trainable.trainable_parameters == tiny_model.config.num_hidden_layers * tiny_model.config.hidden_size

@@ -15,7 +15,7 @@ import torch
 from conftest import inside, random_batch
 from safetensors.torch import load_file
 
-from neft.methods import candidate_matrices, setup_method
+from neft.methods import SetupInputs, candidate_matrices, setup_method
 from neft.neurons import NEURON_KINDS, DecoderLayout, score_neurons
 from neft.training import TrainSettings, accumulate_gradients, causal_lm_loss, train
 from stages.train import train as train_stage
@@ -25,7 +25,7 @@ CANDIDATES = ("mlp.up_proj.weight", "mlp.down_proj.weight")
 
 def probe_and_save(model, method, tmp_path, **options):
     model.save_pretrained(tmp_path / "base")
-    trainable = setup_method(method, model, kinds=("in", "out"), **options)
+    trainable = setup_method(method, model, SetupInputs(kinds=("in", "out"), **options))
     batches = (random_batch(model.config.vocab_size, seed=step) for step in itertools.count())
     result = train(trainable.model, trainable.parameters, batches, TrainSettings(steps=3, learning_rate=1e-2))
     trainable.save(tmp_path / "probe")
@@ -46,7 +46,7 @@ def test_a_cheap_probe_changes_only_the_candidate_matrices_and_scores_like_a_ful
 
 
 def test_the_matrices_probe_trains_exactly_the_candidate_weights(tiny_model):
-    trainable = setup_method("probe_matrices", tiny_model, kinds=("in", "out"))
+    trainable = setup_method("probe_matrices", tiny_model, SetupInputs(kinds=("in", "out")))
     assert {id(p) for p in trainable.parameters} == {id(p) for p in candidate_matrices(tiny_model, ("in", "out"))}
     assert {id(p) for p in tiny_model.parameters() if p.requires_grad} == {id(p) for p in trainable.parameters}
     share = trainable.trainable_parameters / sum(p.numel() for p in tiny_model.parameters())
@@ -59,7 +59,7 @@ STEP_SIZE = 0.5
 
 def gradient_probe_and_save(model, tmp_path):
     model.save_pretrained(tmp_path / "base")
-    trainable = setup_method("probe_gradient", model, kinds=("in", "out"), probe_step_size=STEP_SIZE)
+    trainable = setup_method("probe_gradient", model, SetupInputs(kinds=("in", "out"), probe_step_size=STEP_SIZE))
     batches = (random_batch(model.config.vocab_size, seed=step) for step in itertools.count())
     result = accumulate_gradients(trainable.model, trainable.parameters, batches, GRADIENT_BATCHES)
     trainable.save(tmp_path / "probe")
@@ -102,7 +102,7 @@ def test_gradient_probe_keeps_gradients_of_the_candidates_only_and_changes_nothi
 
 
 def test_gradient_probe_refuses_to_save_without_gradients(tiny_model, tmp_path):
-    trainable = setup_method("probe_gradient", tiny_model, kinds=("in", "out"))
+    trainable = setup_method("probe_gradient", tiny_model, SetupInputs(kinds=("in", "out")))
     with pytest.raises(RuntimeError, match="no accumulated gradient"):
         trainable.save(tmp_path / "probe")
 
