@@ -233,15 +233,17 @@ def plain_linear(model: nn.Module, name: str) -> nn.Linear:
 
 
 def mask_selection(mask: NeuronMask, layout: DecoderLayout) -> Selection:
-    """{module name: (rows, columns)} of every matrix in which the mask selects neurons."""
+    """{module name: (rows, columns)} of every matrix in which the mask selects neurons, layer by layer
+    and, within a layer, by projection name. The order is the optimizer's parameter order, which sets
+    the summation order of the clipped gradient norm, so it is part of what a seed reproduces."""
     selection: Selection = {}
-    for kind in NEURON_KINDS.values():
-        for layer in range(mask.shape.num_layers):
+    for layer in range(mask.shape.num_layers):
+        for kind in sorted(NEURON_KINDS.values(), key=lambda kind: kind.projection):
             indices = mask.layer_indices(kind.name, layer)
             if indices:
                 rows, columns = selection.setdefault(layout.module_name(layer, kind), ([], []))
                 (rows if kind.axis == 0 else columns).extend(indices)
-    return {name: (sorted(rows), sorted(columns)) for name, (rows, columns) in sorted(selection.items())}
+    return {name: (sorted(rows), sorted(columns)) for name, (rows, columns) in selection.items()}
 
 
 def attach_deltas(model: nn.Module, selection: Selection) -> dict[str, NeuronDeltaLinear]:

@@ -171,3 +171,12 @@ def test_several_layouts_must_be_named_and_a_pinned_one_is_used():
     mask = random_mask(BackboneLM(), per_matrix=2)
     neft_model = get_neft_model(model, NeftConfig(mask, layers_path="backbone.blocks"))
     assert all(name.startswith("backbone.blocks.") for name in neft_model.deltas)
+
+
+def test_deltas_are_ordered_layer_by_layer_not_by_name():
+    """The parameter order sets the clipped gradient norm's summation order: layer 10 after layer 9."""
+    model = BackboneLM(num_layers=12)
+    neft_model = get_neft_model(model, NeftConfig(random_mask(model, per_matrix=2)))
+    layers = [int(name.split(".")[2]) for name in neft_model.deltas]
+    assert layers == sorted(layers) and layers[-1] == 11
+    assert list(neft_model.deltas)[:2] == ["backbone.blocks.0.feed_forward.down_proj", "backbone.blocks.0.feed_forward.up_proj"]
