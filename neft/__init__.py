@@ -1,8 +1,8 @@
 """neft: Neuron-Level Fine-Tuning (NeFT) for language models, as a library and a reproducible pipeline.
 
-The API for using NeFT in your own training code is listed in README.md ("Using NeFT in your own
-code"): `neft.neurons.score_neurons`, `neft.masks.build_mask`, `neft.delta.attach_deltas`,
-`save_delta`, `load_delta` and `apply_delta`.
+NeFT in your own training code is `neft.adapter` (README.md, "The library"): `NeftConfig`,
+`get_neft_model` and `NeftModel`, with `neft.neurons.score_neurons` and `neft.masks.build_mask` to
+make a mask. This package imports nothing heavy itself, so the pipeline's light stages stay light.
 """
 
 import os

@@ -26,9 +26,21 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+    readable_as_umask_allows(scratch)
     if target.exists():
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     os.replace(scratch, target)
+
+
+def readable_as_umask_allows(directory: Path) -> None:
+    """Give `directory` and everything in it the read (and, for directories, search) permission the
+    umask allows: mkdtemp makes 0700 and some writers (transformers' safetensors files) 0600, which
+    would hide results from colleagues on a shared machine."""
+    umask = os.umask(0)  # reading the umask means setting it: set straight back
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | ((0o555 if path.is_dir() else 0o444) & ~umask))
 
 
 def write_json(path: Path, data: Any) -> None:

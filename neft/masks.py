@@ -15,14 +15,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from neft.errors import UserError
 from neft.neurons import NEURON_KINDS, DecoderLayout
+
+if TYPE_CHECKING:  # scores are DataFrames; the adapter's masks need no pandas
+    import pandas as pd
 
 MASK_FORMAT = "neft-mask/v1"
 STRATEGIES = ("cosine", "reversed", "random")

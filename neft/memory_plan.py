@@ -46,8 +46,8 @@ from neft.methods import (
     get_method,
     lora_parameters_per_rank,
     lora_rank_for_budget,
-    run_method,
     setup_method,
+    training_run_method,
 )
 from neft.models import byte_level_tokenizer, torch_dtype, wheel_gguf_file
 from neft.runtime import autocast_dtype
@@ -413,7 +413,7 @@ def as_json(rows: Sequence[PlanRow]) -> list[dict[str, Any]]:
 
 def method_spec(run: str, config: Config) -> MethodSpec:
     """The set-up a training run of the pipeline uses (the probe's follows probe.kind)."""
-    return MethodSpec(run_method(run, config.probe.kind).name, config.ratio, config.mask.kinds, config.probe.lora_rank)
+    return MethodSpec(training_run_method(run, config).name, config.ratio, config.mask.kinds, config.probe.lora_rank)
 
 
 def workload(config: Config, processes: int | None = None, labelled_fraction: float = 1.0) -> Workload:

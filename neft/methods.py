@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -25,6 +25,9 @@ from neft.masks import NeuronMask
 from neft.models import load_model
 from neft.neurons import DEFAULT_KINDS, NEURON_KINDS, DecoderLayout
 from neft.provenance import model_fingerprint, read_made_from, require_same
+
+if TYPE_CHECKING:
+    from neft.config import Config
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -265,9 +268,17 @@ def get_method(name: str) -> Method:
     return REGISTRY[name]
 
 
-def run_method(run: str, probe_kind: str) -> Method:
-    """The method a pipeline training run uses: a method by its name, the probe by `probe.kind`."""
-    return get_method(PROBE_SETUPS[probe_kind] if run == "probe" else run)
+def probe_method(kind: str) -> Method:
+    """The probe that `probe.kind` selects."""
+    if kind not in PROBE_SETUPS:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {tuple(PROBE_SETUPS)}")
+    return REGISTRY[PROBE_SETUPS[kind]]
+
+
+def training_run_method(run: str, config: Config) -> Method:
+    """The method a pipeline training run uses: a method by its name, the probe by `probe.kind`
+    (read only for the probe, so the methods' stages do not depend on it)."""
+    return probe_method(config.probe.kind) if run == "probe" else get_method(run)
 
 
 def setup_method(name: str, model: nn.Module, inputs: SetupInputs = SetupInputs()) -> TrainableModel:

@@ -20,13 +20,16 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from safetensors import safe_open
 
 from neft.errors import ConfigError
 from neft.io import check_safetensors, check_safetensors_in
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,8 @@ def iter_neuron_scores(
 
 def score_neurons(base_dir: Path, tuned_dir: Path, kinds: list[str], device: str = "cpu", form: str = "stable") -> pd.DataFrame:
     """Score every candidate neuron of base vs tuned: one row per neuron (layer, kind, index, cosine, change)."""
+    import pandas as pd  # scoring only: the adapter and masks need no pandas
+
     if form not in SCORE_FORMS:
         raise ValueError(f"unknown score form {form!r}; choose one of {SCORE_FORMS}")
     base, tuned = CheckpointReader(base_dir), CheckpointReader(tuned_dir)

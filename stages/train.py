@@ -41,7 +41,7 @@ from neft.distributed import Ranks, full_state_dict, process_group, rank_device,
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.measure import device_description
-from neft.methods import TRAINING_RUNS, LoraSettings, Method, SetupInputs, TrainableModel, run_method, setup_method
+from neft.methods import TRAINING_RUNS, LoraSettings, Method, SetupInputs, TrainableModel, setup_method, training_run_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.runtime import autocast_dtype, resolve_device, setup_runtime
@@ -51,21 +51,22 @@ from neft.training import train as train_loop
 from stages._common import run_stage
 
 
-def setup_run(run: str, model: torch.nn.Module, config: Config) -> TrainableModel:
-    """The library's set-up of `run` (probe or a method), given what its method needs from this
-    pipeline: the mask (with the fingerprints it is recorded with), or the budget LoRA's rank matches."""
-    method = run_method(run, config.probe.kind)
-    mask = made_from = lora = None
+def setup_inputs(method: Method, run: str, model: torch.nn.Module, config: Config) -> SetupInputs:
+    """What `method` needs from this pipeline, and only that (each param read is a DVC dependency):
+    the mask with the fingerprints it is recorded with, the budget LoRA's rank matches, or a probe's settings."""
+    inputs = SetupInputs()
     if "mask" in method.needs:
         mask = load_mask(MASK_FILE)
         validate_mask(mask, ModelShape.of(model))
-        made_from = {"base_model": model_fingerprint(BASE_MODEL_DIR), "mask": file_sha256(MASK_FILE)}
+        inputs = dataclasses.replace(inputs, mask=mask, base_model=config.model.name,
+                                     made_from={"base_model": model_fingerprint(BASE_MODEL_DIR), "mask": file_sha256(MASK_FILE)})
     if "lora" in method.needs:
         settings = getattr(config.methods, run)
-        lora = LoraSettings(read_budget(), settings.alpha, settings.dropout)
-    inputs = SetupInputs(mask=mask, lora=lora, kinds=tuple(config.mask.kinds), probe_rank=config.probe.lora_rank,
-                         probe_step_size=config.probe.learning_rate, base_model=config.model.name, made_from=made_from)
-    return setup_method(method.name, model, inputs)
+        inputs = dataclasses.replace(inputs, lora=LoraSettings(read_budget(), settings.alpha, settings.dropout))
+    if method.role == "probe":
+        inputs = dataclasses.replace(inputs, kinds=tuple(config.mask.kinds), probe_rank=config.probe.lora_rank,
+                                     probe_step_size=config.probe.learning_rate)
+    return inputs
 
 
 def train_settings(config: Config, learning_rate: float, steps: int) -> TrainSettings:
@@ -113,12 +114,12 @@ def train(method: str, *args: str) -> dict[str, Any]:
         raise ConfigError(f"unknown training run {method!r}; choose one of {TRAINING_RUNS}")
     learning_rate, steps = learning_rate_and_steps(method, rate[0] if rate else None, config)
     run = "probe" if method == "probe" else candidate_run(method, learning_rate)
+    chosen = training_run_method(method, config)
     # Fail on a bad mask or budget before loading anything heavy.
-    needs = run_method(method, config.probe.kind).needs
-    if "mask" in needs:
+    if "mask" in chosen.needs:
         require_same(f"the mask {MASK_FILE}", load_mask(MASK_FILE).made_from.get("base_model"), model_fingerprint(BASE_MODEL_DIR),
                      f"the base model in {BASE_MODEL_DIR}")
-    if "lora" in needs:
+    if "lora" in chosen.needs:
         read_budget()
     require_memory_fits(method, config)
     # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
@@ -128,10 +129,10 @@ def train(method: str, *args: str) -> dict[str, Any]:
     ranks = Ranks.from_environment()
     device = rank_device(setup_runtime(config.runtime), ranks)
     with process_group(ranks, device):
-        return _train(method, run, config, ranks, device, learning_rate, steps, settings)
+        return _train(method, chosen, run, config, ranks, device, learning_rate, steps, settings)
 
 
-def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.device, learning_rate: float, steps: int,
+def _train(method: str, chosen: Method, run: str, config: Config, ranks: Ranks, device: torch.device, learning_rate: float, steps: int,
            settings: TrainSettings) -> dict[str, Any]:
     seed = config.seed
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
@@ -141,7 +142,7 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
     batch_size = config.train.batch_size
 
     torch.manual_seed(seed)
-    trainable, total = load_and_set_up(method, config, device)
+    trainable, total = load_and_set_up(chosen, method, config, device)
     sharded = ranks.distributed and config.runtime.strategy == "fsdp"
     log_dir = train_log_dir(run)
     # Everything this run's result depends on (params this stage reads, inputs): another checkpoint is not resumed.
@@ -150,67 +151,70 @@ def _train(method: str, run: str, config: Config, ranks: Ranks, device: torch.de
               "gradient_checkpointing": config.train.gradient_checkpointing, "details": trainable.details}
     # Under FSDP a rank holds only its shards: checkpoints (rank 0's file) would not resume them.
     checkpoints = Checkpoints(checkpoint_dir(run), 0 if sharded else config.train.checkpoint_every,
-                              run_fingerprint(run_method(method, config.probe.kind), recipe))
+                              run_fingerprint(chosen, recipe))
     batches = map(ranks.shard, training_batches(train_items, batch_size, tokenizer.pad_token_id, seed))
     model_in_training, parameters = wrap_for_training(trainable.model, trainable.parameters, ranks, device, config.runtime.strategy)
-    checkpoints.check()  # an unreadable checkpoint fails here, before Live empties this run's plots and metrics
-    with Live(dir=str(log_dir), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
-        on_step = _dvclive_logger(live) if ranks.is_main else None
-        if not run_method(method, config.probe.kind).trains:  # the gradient probe: one pass, nothing to resume
-            result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
-                                          on_step=on_step, description=run, ranks=ranks, micro_batches=settings.micro_batches)
-        else:
-            result = train_loop(model_in_training, parameters, batches, settings,
-                                evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
-                                on_step=on_step, description=run, checkpoints=checkpoints, ranks=ranks)
-    summary = {
-        "run": run,
-        "method": method,
-        "seed": seed,
-        "learning_rate": learning_rate,
-        "steps": steps,
-        "batch_size": batch_size,
-        "trainable_parameters": trainable.trainable_parameters,
-        "total_parameters": total,
-        "trainable_percent": 100 * trainable.trainable_parameters / total,
-        "train_seconds": round(result.seconds, 2),
-        "seconds_per_step": round(result.seconds / steps, 4),
-        "train_tokens": result.train_tokens,
-        # Examples whose prompt alone fills task.max_length: left out, and counted here.
-        "train_examples_dropped": train_dropped,
-        "valid_examples_dropped": valid_dropped,
-        "step_seconds_median": round(statistics.median(result.step_seconds), 4),
-        "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
-        "peak_memory_kind": result.memory_kind,
-        "optimizer_state_mb": round(result.optimizer_state_bytes / 2**20, 1),
-        "first_loss": result.losses[0],
-        "final_loss": result.losses[-1],
-        "best_step": result.best_step,
-        "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
-        "resumed_from_step": result.resumed_from_step,
-        "device": str(device),
-        "hardware": device_description(device),
-        "processes": ranks.world_size,
-        "strategy": config.runtime.strategy if ranks.distributed else "none",
-        "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
-        **trainable.details,
-    }
-    if sharded:  # gather the shards into an unsharded copy on rank 0, which saves it as one process would
-        state = full_state_dict(model_in_training)
-        if ranks.is_main:
-            trainable, _ = load_and_set_up(method, config, torch.device("cpu"))
-            trainable.model.load_state_dict(state)
-    if not ranks.is_main:  # every rank holds the same result; rank 0 writes it
-        return summary
-    with atomic_directory(weights_dir(run)) as scratch:
-        trainable.save(scratch)
-        # The selection records the chosen run's fingerprint, so evaluation reruns exactly when its weights change.
-        summary["weights_sha256"] = record_fingerprint(scratch)
-        if "lora" in run_method(method, config.probe.kind).needs:
-            write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
-    # The summary, with its timings, goes to reports/ only: the weights directory, which later stages
-    # depend on, holds nothing that differs between two runs of the same weights.
-    write_json(log_dir / "summary.json", summary)
+    checkpoints.check()  # an unreadable checkpoint fails here, before anything is written
+    # The step logs and summary go to a scratch directory that replaces this run's reports only once
+    # the run is saved: a failed or killed run leaves the previous reports whole.
+    with atomic_directory(log_dir) if ranks.is_main else contextlib.nullcontext() as log_scratch:
+        with Live(dir=str(log_scratch), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
+            on_step = _dvclive_logger(live) if ranks.is_main else None
+            if not chosen.trains:  # the gradient probe: one pass, nothing to resume
+                result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
+                                              on_step=on_step, description=run, ranks=ranks, micro_batches=settings.micro_batches)
+            else:
+                result = train_loop(model_in_training, parameters, batches, settings,
+                                    evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
+                                    on_step=on_step, description=run, checkpoints=checkpoints, ranks=ranks)
+        summary = {
+            "run": run,
+            "method": method,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "steps": steps,
+            "batch_size": batch_size,
+            "trainable_parameters": trainable.trainable_parameters,
+            "total_parameters": total,
+            "trainable_percent": 100 * trainable.trainable_parameters / total,
+            "train_seconds": round(result.seconds, 2),
+            "seconds_per_step": round(result.seconds / steps, 4),
+            "train_tokens": result.train_tokens,
+            # Examples whose prompt alone fills task.max_length: left out, and counted here.
+            "train_examples_dropped": train_dropped,
+            "valid_examples_dropped": valid_dropped,
+            "step_seconds_median": round(statistics.median(result.step_seconds), 4),
+            "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
+            "peak_memory_kind": result.memory_kind,
+            "optimizer_state_mb": round(result.optimizer_state_bytes / 2**20, 1),
+            "first_loss": result.losses[0],
+            "final_loss": result.losses[-1],
+            "best_step": result.best_step,
+            "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
+            "resumed_from_step": result.resumed_from_step,
+            "device": str(device),
+            "hardware": device_description(device),
+            "processes": ranks.world_size,
+            "strategy": config.runtime.strategy if ranks.distributed else "none",
+            "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
+            **trainable.details,
+        }
+        if sharded:  # gather the shards into an unsharded copy on rank 0, which saves it as one process would
+            state = full_state_dict(model_in_training)
+            if ranks.is_main:
+                trainable, _ = load_and_set_up(chosen, method, config, torch.device("cpu"))
+                trainable.model.load_state_dict(state)
+        if not ranks.is_main:  # every rank holds the same result; rank 0 writes it
+            return summary
+        with atomic_directory(weights_dir(run)) as scratch:
+            trainable.save(scratch)
+            # The selection records the chosen run's fingerprint, so evaluation reruns exactly when its weights change.
+            summary["weights_sha256"] = record_fingerprint(scratch)
+            if "lora" in chosen.needs:
+                write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
+        # The summary, with its timings, goes to reports/ only: the weights directory, which later stages
+        # depend on, holds nothing that differs between two runs of the same weights.
+        write_json(log_scratch / "summary.json", summary)
     checkpoints.remove()
     return summary
 
@@ -227,15 +231,16 @@ def require_memory_fits(method: str, config: Config) -> None:
     require_fits(row, torch.cuda.get_device_properties(0).total_memory, f"train@{method}")
 
 
-def load_and_set_up(method: str, config: Config, device: torch.device) -> tuple[TrainableModel, int]:
-    """The base model on `device`, set up for `method`, and its parameter count before adapters or deltas."""
+def load_and_set_up(method: Method, run: str, config: Config, device: torch.device) -> tuple[TrainableModel, int]:
+    """The base model on `device`, set up for `method` (training run `run`), and its parameter count
+    before adapters or deltas."""
     model = load_model(BASE_MODEL_DIR, torch_dtype(config.model.dtype)).to(device)
     if config.train.gradient_checkpointing:
         # Non-reentrant: recomputes NeFT's custom autograd function correctly, also under DDP and FSDP.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     total = count_parameters(model)
-    return setup_run(method, model, config), total
+    return setup_method(method.name, model, setup_inputs(method, run, model, config)), total
 
 
 def run_fingerprint(method: Method, recipe: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from peft import PeftModel
 from test_dependencies import STAGES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import stages.train
 from neft.artifacts import candidate_run, chosen_run, train_log_dir, weights_dir
 from neft.delta import load_delta
 from neft.errors import UserError
@@ -111,6 +113,36 @@ def test_train_saves_the_run_and_its_summary(workspace, run):
     if run == "neft":
         assert summary["trainable_parameters"] == 85 * 64
         rerun_gives_the_same_bytes([weights], lambda: train(run, workspace))
+
+
+def test_a_failed_run_leaves_its_previous_reports_whole(workspace, monkeypatch):
+    train("neft", workspace)
+    log_dir = train_log_dir(candidate_run("neft", workspace.methods.neft.learning_rates[0]))
+    before = {path: path.read_bytes() for path in sorted(log_dir.rglob("*")) if path.is_file()}
+    assert log_dir / "summary.json" in before and log_dir / "metrics.json" in before
+
+    real_loop = stages.train.train_loop
+
+    def train_then_fail(*args, **kwargs):
+        real_loop(*args, **kwargs)  # every step logged
+        raise RuntimeError("killed after the step logs were written")
+
+    monkeypatch.setattr(stages.train, "train_loop", train_then_fail)
+    with pytest.raises(RuntimeError, match="killed after the step logs"):
+        train("neft", workspace)
+    after = {path: path.read_bytes() for path in sorted(log_dir.rglob("*")) if path.is_file()}
+    assert after == before, "the failed run changed the previous run's step logs or summary"
+    assert not [path.name for path in log_dir.parent.iterdir() if path.name.startswith(".")], "scratch left behind"
+
+
+def test_results_are_readable_by_others_under_the_usual_umask(workspace):
+    previous = os.umask(0o022)
+    try:
+        train("probe", workspace)
+    finally:
+        os.umask(previous)
+    for path in (weights_dir("probe"), weights_dir("probe") / "model.safetensors", train_log_dir("probe")):
+        assert path.stat().st_mode & 0o055 == (0o055 if path.is_dir() else 0o044), f"{path}: {oct(path.stat().st_mode)}"
 
 
 def test_select_follows_validation_loss_and_reads_nothing_of_the_test_split(project, tmp_path):
