@@ -1,8 +1,10 @@
 """params.yaml is what conf/ composes to, and it loads into one typed Config: every mistake in it
 is reported at once, naming the key, the value and what is allowed."""
 
+import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +309,27 @@ def test_a_config_mistake_stops_the_stage_with_one_line_before_any_work(stage, p
     assert error.count("\n") == 1 and error.startswith("error: "), error
     assert re.search(message, error), error
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_compose_params_keep_makes_the_model_and_task_stick_for_later_experiments(tmp_path):
+    spec = importlib.util.spec_from_file_location("compose_params_script", ROOT / "scripts/compose_params.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    before = (conf / "config.yaml").read_text().splitlines()
+    assert script.keep_choices(["model=tiny-llama", "task=jsonl", "ratio=0.12"], conf) == ["model", "task"]
+    after = (conf / "config.yaml").read_text().splitlines()
+    assert [(old, new) for old, new in zip(before, after, strict=True) if old != new] == [
+        ("  - model: smollm2-135m-instruct", "  - model: tiny-llama"), ("  - task: bible-es-en", "  - task: jsonl")]
+    # What `dvc exp run -S ratio=0.12` composes afterwards: still the kept model and task.
+    later = compose_params(["ratio=0.12"], conf)
+    assert (later["model"]["name"], later["task"]["name"], later["ratio"]) == ("tiny-llama", "jsonl", 0.12)
+
+
+def test_compose_params_refuses_an_unknown_choice_and_keeps_nothing(tmp_path):
+    config_before = (ROOT / "conf/config.yaml").read_bytes()
+    result = subprocess.run([sys.executable, str(ROOT / "scripts/compose_params.py"), "--keep", "model=nowhere"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("error: In 'config': Could not find 'model/nowhere'")
+    assert (ROOT / "conf/config.yaml").read_bytes() == config_before and not (tmp_path / "params.yaml").exists()
