@@ -32,7 +32,7 @@ from REV's conf/ with the same overrides, `dvc repro` using this workspace's DVC
 dir --local`), the run committed there as a throwaway commit (on no branch, no ref keeps it), the
 worktree removed. That commit is the base run. Reproducing the base costs one full run of the CI
 configuration, and DVC's run cache does not shorten it much: DVC keeps no run-cache entry for a
-stage with `cache: false` outputs, which most stages here have. (`dvc exp run` cannot do this: it
+stage with `cache: false` or `persist: true` outputs, which most stages here have. (`dvc exp run` cannot do this: it
 runs on top of HEAD only.)
 
 This rewrites params.yaml, dvc.lock and the pipeline's outputs in the workspace: run it in a CI

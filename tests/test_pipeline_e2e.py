@@ -132,8 +132,10 @@ def test_second_repro_does_nothing(repo):
 
 
 def test_returning_to_earlier_probe_params_restores_the_probe_from_the_run_cache(repo):
-    """Switching to another probe and back reruns nothing: DVC's run cache holds the first probe's
-    run, which it can only do because none of the probe stage's outputs is `cache: false`."""
+    """Switching to another probe and back reruns only the mask: DVC's run cache holds the first
+    probe's run and its scores, which it can only do because none of those stages' outputs is
+    `cache: false` or `persist: true`. The mask's are persistent (a refused ratio keeps the old mask),
+    so it reruns, in seconds."""
     probe = (repo / "artifacts/probe/model.safetensors").read_bytes()
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["probe"]["learning_rate"] *= 2
@@ -141,8 +143,8 @@ def test_returning_to_earlier_probe_params_restores_the_probe_from_the_run_cache
     assert stages_run(run(["dvc", "repro", "mask"], repo).stdout) == {"probe", "score", "mask"}
     run(["git", "checkout", "params.yaml"], repo)
     back = run(["dvc", "repro", "mask"], repo).stdout
-    assert stages_run(back) == set(), back
-    assert "Stage 'probe' is cached - skipping run" in back
+    assert stages_run(back) == {"mask"}, back
+    assert "Stage 'probe' is cached - skipping run" in back and "Stage 'score' is cached - skipping run" in back
     assert (repo / "artifacts/probe/model.safetensors").read_bytes() == probe
 
 
@@ -180,6 +182,73 @@ def test_bad_ratio_fails_cleanly_and_keeps_the_old_mask(repo):
     assert "error: ratio 0.95 needs" in failed.stderr and "candidate pool has only" in failed.stderr
     assert (repo / "artifacts/mask/mask.json").read_bytes() == before
     assert not list((repo / "artifacts").glob(".mask.*")), "no half-written scratch directory may remain"
+
+
+@pytest.mark.parametrize(("key", "value", "stages", "message"), [
+    # The mask's outputs are cached; a refused ratio used to delete them all the same.
+    ("ratio", 0, {"mask"}, "ratio = 0: must be a number in (0, 1)"),
+    # Stale: evaluate_base, evaluate@* and analyze, whose outputs (`cache: false`) only git can bring back.
+    ("evaluate.batch_size", 0, {"evaluate_base", "evaluate@full", "evaluate@neft", "evaluate@lora", "analyze"},
+     "evaluate.batch_size = 0: must be an integer >= 1"),
+])
+def test_a_stage_that_refuses_its_input_under_dvc_repro_leaves_its_previous_outputs(repo, key, value, stages, message):
+    """DVC deletes a stage's outputs before running its command unless they are `persist: true`
+    (dvc.yaml, "Outputs that stay"): the refusing stage exits 2 with one line, `dvc repro` fails, and
+    every output of the pipeline, dvc.lock included, keeps its bytes."""
+    before = _output_files(repo)
+    failed = _repro_with(repo, key, value)
+    _assert_refused_by_one_of(failed, stages, message)
+    assert _output_files(repo) == before
+    assert run(["dvc", "status"], repo).stdout.strip().endswith("Data and pipelines are up to date."), "nothing to rerun"
+
+
+def test_a_refused_probe_loses_its_cached_outputs_until_dvc_checkout(repo):
+    """The probe's outputs are not persistent, so that DVC's run cache can restore the probe (it
+    cannot for a stage with a persistent output): DVC deletes them before the refusing stage runs, and
+    `dvc checkout` brings them back from the cache, byte for byte."""
+    before = _output_files(repo)
+    failed = _repro_with(repo, "probe.steps", 0)
+    _assert_refused_by_one_of(failed, {"probe"}, "probe.steps = 0: must be an integer >= 1")
+    assert not (repo / "artifacts/probe").exists() and not (repo / "reports/train/probe").exists()
+    assert {name: data for name, data in before.items() if not name.startswith(("artifacts/probe/", "reports/train/probe/"))} \
+        == _output_files(repo, missing_ok=True), "the probe's outputs alone went"
+    run(["dvc", "checkout"], repo)
+    assert _output_files(repo) == before
+
+
+def _repro_with(repo: Path, key: str, value: object):
+    """`dvc repro` with params.yaml's dotted `key` set to `value`; params.yaml restored afterwards."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    section, _, name = key.rpartition(".")
+    (params[section] if section else params)[name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        return run(["dvc", "repro"], repo, check=False)
+    finally:
+        run(["git", "checkout", "params.yaml"], repo)
+
+
+def _assert_refused_by_one_of(failed, stages: set[str], message: str) -> None:
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0, output
+    ran = stages_run(output)
+    assert len(ran) == 1 and ran <= stages, output  # dvc repro stops at the first stage that fails
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], output  # the stage's one line
+    assert "Traceback" not in output
+    assert re.search(rf"failed to reproduce '{re.escape(next(iter(ran)))}'.*exited with 2", output), output
+
+
+def _output_files(repo: Path, missing_ok: bool = False) -> dict[str, bytes]:
+    """Every file of every output dvc.lock records, and dvc.lock itself: path -> bytes."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    files = {"dvc.lock": (repo / "dvc.lock").read_bytes()}
+    for out in {out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])}:
+        path = repo / out
+        assert path.exists() or missing_ok, out
+        for file in [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()):
+            files[file.relative_to(repo).as_posix()] = file.read_bytes()
+    return files
 
 
 def test_queued_ratio_sweep_reuses_the_probe_and_collects_into_a_budget_curve(repo, tmp_path):
