@@ -166,6 +166,9 @@ CASES = [
     BadInput("JSONL field of the wrong type", ["prepare_data"], jsonl_file(b'{"source": "hola", "target": 7}\n'),
              r"data/custom/bad/train.jsonl:1: needs non-empty string fields 'source', 'target'"),
     BadInput("a split empty after filtering", ["prepare_data"], train_equals_test, r"task 'jsonl': the train split is empty"),
+    BadInput("task files outside data/custom", ["prepare_data"], params_change(**{"task.files.valid": "data/mine/valid.jsonl"}),
+             r"task.files.valid = 'data/mine/valid.jsonl' is outside data/custom/, this stage's DVC dependency, .*"
+             r"move it under data/custom/ \(e.g. data/custom/mine/valid.jsonl\)"),
     BadInput("every example longer than max_length", ["train", "probe"], params_change(**{"task.max_length": 4}),
              r"every example's prompt is longer than max_length=4"),
     BadInput("missing Debian package", ["prepare_data"],
