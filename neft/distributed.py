@@ -25,8 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.fsdp import fully_shard
+from torch.distributed.run import get_args_parser
+from torch.distributed.run import run as torchrun
+
+from neft.errors import RANK_ERRORS_VARIABLE, UserError
 
 if TYPE_CHECKING:
     from neft.config import RuntimeConfig
@@ -162,9 +166,9 @@ def relaunched(runtime: RuntimeConfig, module: str, args: list[str], result_file
     """For a stage entry point (`python -m module args`): with more than one process in all, in a
     plain process, run the stage under torchrun (`runtime.processes` on this machine, joining the
     other nodes at `runtime.rendezvous`) and return the result rank 0 wrote to `result_file`; on a
-    node other than 0, which does not hold it, a note saying so. A failing rank's exit status (2 for
-    a user error) ends this process too, its message already printed. None where this process
-    should do the work itself."""
+    node other than 0, which does not hold it, a note saying so. A user error in the ranks is raised
+    here, once, as the ranks left it (neft.errors.report_user_error); a crash raises torchrun's report.
+    None where this process should do the work itself."""
     if runtime.processes * runtime.nodes == 1 or Ranks.from_environment().distributed:
         return None
     if runtime.nodes == 1:
@@ -174,10 +178,26 @@ def relaunched(runtime: RuntimeConfig, module: str, args: list[str], result_file
         # (c10d's would number the nodes in the order they join).
         host, _, port = runtime.rendezvous.rpartition(":")
         placement = [f"--nnodes={runtime.nodes}", f"--node-rank={runtime.node_rank}", f"--master-addr={host}", f"--master-port={port}"]
-    command = [sys.executable, "-m", "torch.distributed.run", *placement, f"--nproc-per-node={runtime.processes}", "-m", module, *args]
-    status = subprocess.run(command, check=False).returncode
-    if status:
-        sys.exit(status)
+    torchrun_args = get_args_parser().parse_args([*placement, f"--nproc-per-node={runtime.processes}", "-m", module, *args])
+    # torchrun's own entry point, in this process, so that a failure comes back as an exception to sort
+    # rather than as torchrun's exit status 1 and report.
+    with tempfile.TemporaryDirectory(prefix="neft-rank-errors-") as rank_errors, _environment(RANK_ERRORS_VARIABLE, rank_errors):
+        try:
+            torchrun(torchrun_args)
+        except ChildFailedError:
+            messages = sorted({path.read_text() for path in Path(rank_errors).iterdir()})
+            if messages:
+                raise UserError("; ".join(messages)) from None
+            raise
     if runtime.node_rank:
         return {"node_rank": runtime.node_rank, "result": f"written by node 0 to {result_file}"}
     return json.loads(result_file.read_text())
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        del os.environ[name]

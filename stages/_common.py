@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from neft.config import load_config
-from neft.errors import UserError
+from neft.errors import UserError, report_user_error
 
 USER_ERROR_EXIT = 2  # a crash keeps Python's traceback and exit status 1
 
@@ -39,7 +39,7 @@ def run_stage(work: Callable[..., dict[str, Any]], usage: str = "", argc: int | 
         plots_to_files()  # the device and determinism: neft.runtime.setup_runtime, in the stages that compute
         summary = work(*args, config)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        report_user_error(error)
         sys.exit(USER_ERROR_EXIT)
     except OSError as error:
         if error.errno != errno.ENOSPC:

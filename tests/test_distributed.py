@@ -170,6 +170,24 @@ def test_the_stage_command_relaunches_itself_under_torchrun(one_process, project
     assert_trained_alike(one_process / "neft", directory, "neft", "ddp")
 
 
+def test_a_user_error_in_the_ranks_is_one_line_and_exit_2(project, tmp_path):
+    """An error only the ranks can find (here, prepared data edited by hand) is printed once by the
+    launching process, not by every rank inside torchrun's failure report, and nothing is written."""
+    directory = tmp_path / "project"
+    shutil.copytree(project[0], directory)
+    (directory / "params.yaml").write_text(yaml.safe_dump(compose_params([*TINY, "runtime.processes=2"])))
+    with (directory / "data/prepared/train.jsonl").open("a") as data:
+        data.write("not json\n")
+    weights = directory / weights_dir(run_name_of("neft"))
+    before = {path: path.read_bytes() for path in weights.iterdir()}
+    result = run(["python", "-m", "stages.train", "neft"], directory, check=False, PYTHONPATH=str(ROOT))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(errors) == 1 and "train.jsonl" in errors[0] and "not valid JSON" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr, result.stderr
+    assert {path: path.read_bytes() for path in weights.iterdir()} == before
+
+
 def test_two_nodes_train_what_one_process_trains(one_process, project, tmp_path):
     """Two machines of one process each, played by two copies of the project on this one that meet
     at a localhost rendezvous, each running the stage command as its node would: node 0's result
