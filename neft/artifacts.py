@@ -66,6 +66,12 @@ def export_dir(method: str) -> Path:
     return Path("artifacts/export") / method
 
 
+def validation_file(run: str) -> Path:
+    """A candidate's validation loss at its kept checkpoint, beside its weights: all that the rate choice
+    reads of a run. No timings, so a rerun that trains the same weights leaves the choice up to date."""
+    return weights_dir(run) / "validation.json"
+
+
 def checkpoint_dir(run: str) -> Path:
     return CHECKPOINTS_DIR / run
 

@@ -43,13 +43,17 @@ def readable_as_umask_allows(directory: Path) -> None:
             path.chmod(path.stat().st_mode | ((0o555 if path.is_dir() else 0o444) & ~umask))
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and an atomic rename."""
+def write_text(path: Path, text: str) -> None:
+    """Write a file through a temporary file and an atomic rename: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    scratch.write_text(text)
     os.replace(scratch, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

@@ -15,7 +15,7 @@ import pandas as pd
 from neft.artifacts import MASK_SUMMARY_FILE, REPORTS_DIR, eval_dir, selection_file, train_log_dir
 from neft.config import Config
 from neft.evaluation import metric_names
-from neft.io import read_json, write_json
+from neft.io import atomic_directory, read_json, write_json, write_text
 from neft.methods import EVAL_METHODS, METHODS
 from neft.report import (
     cost_document,
@@ -50,17 +50,19 @@ def report(config: Config, reports_dir: Path = REPORTS_DIR) -> dict[str, Any]:
     significance = significance_table(kind, predictions, options)
     document = metrics_document(table, mask_summary, metrics_reported, significance, selections)
     cost = cost_document(trains, probe, searches)
-    plots = reports_dir / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    plot_losses({"probe": train_log_dir("probe")} | {method: train_log_dir(s.chosen.run) for method, s in selections.items()},
-                plots / "loss.png")
-    plot_validation_losses(selections, train_log_dir, plots / "valid_loss.png")
-    plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
-    table.to_csv(reports_dir / "results.csv", index=False)
-    significance.to_csv(reports_dir / "significance.csv", index=False)
     verdict = verdict_table(document, metrics_reported, selections, cost)
-    (reports_dir / "results.md").write_text(markdown_report(table, config, signatures, mask_summary, significance, verdict,
-                                                            rate_search_table(selections), hardware_line(trains["neft"])))
+    markdown = markdown_report(table, config, signatures, mask_summary, significance, verdict, rate_search_table(selections),
+                               hardware_line(trains["neft"]))
+    # Everything is computed before anything is written, and each output is replaced whole (the plots as
+    # one folder): a report that fails leaves the previous one as it was (dvc.yaml keeps them, persist).
+    with atomic_directory(reports_dir / "plots") as plots:
+        plot_losses({"probe": train_log_dir("probe")} | {method: train_log_dir(s.chosen.run) for method, s in selections.items()},
+                    plots / "loss.png")
+        plot_validation_losses(selections, train_log_dir, plots / "valid_loss.png")
+        plot_neurons_per_layer(mask_summary, plots / "neurons_per_layer.png")
+    write_text(reports_dir / "results.csv", table.to_csv(index=False))
+    write_text(reports_dir / "significance.csv", significance.to_csv(index=False))
+    write_text(reports_dir / "results.md", markdown)
     write_json(reports_dir / "metrics.json", document)
     write_json(reports_dir / "cost.json", cost)
     return document

@@ -131,6 +131,17 @@ def test_second_repro_does_nothing(repo):
     assert run(["dvc", "status"], repo).stdout.strip().endswith("Data and pipelines are up to date.")
 
 
+def test_a_comment_in_the_training_code_reruns_the_training_runs_and_the_report_only(repo):
+    """The runs rerun (their code changed) and train the same weights. Their timings differ, but they
+    are only in reports/train/, which only the report reads: the rate choice reads each candidate's
+    weights and validation.json, so it and everything after it stay up to date."""
+    module = repo / "neft/training.py"
+    module.write_text(module.read_text() + "\n# a comment\n")
+    output = run(["dvc", "repro"], repo).stdout
+    training_runs = {"probe", "train_full@0.001", "train_neft@0.01", "train_lora@0.01"}
+    assert stages_run(output) == training_runs | {"report"}, output
+
+
 def test_returning_to_earlier_probe_params_restores_the_probe_from_the_run_cache(repo):
     """Switching to another probe and back reruns only the mask: DVC's run cache holds the first
     probe's run and its scores, which it can only do because none of those stages' outputs is
@@ -200,6 +211,18 @@ def test_a_stage_that_refuses_its_input_under_dvc_repro_leaves_its_previous_outp
     _assert_refused_by_one_of(failed, stages, message)
     assert _output_files(repo) == before
     assert run(["dvc", "status"], repo).stdout.strip().endswith("Data and pipelines are up to date."), "nothing to rerun"
+
+
+def test_a_report_that_fails_under_dvc_repro_leaves_the_previous_report(repo):
+    """The report computes everything before it writes, and replaces each output whole (the plots as one
+    folder), all of them persistent: a failure midway leaves every previous table, metric and plot."""
+    before = _output_files(repo)
+    library = repo / "neft/report.py"
+    library.write_text(library.read_text() + "\n\ndef verdict_table(*args, **kwargs):\n    raise RuntimeError('injected')\n")
+    failed = run(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0 and "injected" in failed.stdout + failed.stderr
+    assert stages_run(failed.stdout) == {"report"}, failed.stdout
+    assert _output_files(repo) == before
 
 
 def test_a_refused_probe_loses_its_cached_outputs_until_dvc_checkout(repo):

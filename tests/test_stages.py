@@ -20,13 +20,14 @@ from test_dependencies import STAGES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import stages.train
-from neft.artifacts import candidate_run, chosen_run, train_log_dir, weights_dir
+from neft.artifacts import candidate_run, chosen_run, train_log_dir, validation_file, weights_dir
 from neft.delta import load_delta
 from neft.errors import UserError
 from neft.evaluation import generate_greedy
 from neft.io import write_json
 from neft.masks import ModelShape, load_mask, neurons_for_ratio
 from neft.models import load_model
+from neft.provenance import FINGERPRINT_FILE
 from stages.analyze import analyze
 from stages.evaluate import evaluate
 from stages.export import LORA_ADAPTER
@@ -154,11 +155,16 @@ def test_select_follows_validation_loss_and_reads_nothing_of_the_test_split(proj
     wide = dataclasses.replace(config, methods=dataclasses.replace(config.methods, neft=neft))
     shutil.copytree(directory, tmp_path / "project")
     with inside(tmp_path / "project"):
-        trained = json.loads((train_log_dir(chosen_run("neft")) / "summary.json").read_text())
+        trained = weights_dir(chosen_run("neft"))
+        for rate in grid:  # a candidate per rate: the trained one's weights, told apart by their recorded fingerprints
+            candidate = weights_dir(candidate_run("neft", rate))
+            if candidate != trained:
+                shutil.copytree(trained, candidate)
+            record = json.loads((candidate / FINGERPRINT_FILE).read_text())
+            write_json(candidate / FINGERPRINT_FILE, {**record, "sha256": f"weights of {rate}"})
         for losses, chosen, status in (((3.0, 2.0, 2.5), 0.01, "bracketed"), ((2.0, 2.5, 3.0), 0.005, "not bracketed")):
             for rate, loss in zip(grid, losses, strict=True):
-                write_json(train_log_dir(candidate_run("neft", rate)) / "summary.json",
-                           {**trained, "best_valid_loss": loss, "weights_sha256": f"weights of {rate}"})
+                write_json(validation_file(candidate_run("neft", rate)), {"best_valid_loss": loss, "best_step": 1})
             summary = select(wide)
             assert summary["neft"] == {"learning_rate": chosen, "status": status}
             written = json.loads(Path("reports/selection/neft.json").read_text())
