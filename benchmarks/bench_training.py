@@ -64,7 +64,7 @@ from neft import use_offline_environment
 ROOT = Path(__file__).resolve().parents[1]
 use_offline_environment()  # before anything imports huggingface_hub, which reads it once
 
-from neft.methods import REGISTRY, method_names  # noqa: E402
+from neft.methods import REGISTRY, FlopSizes, method_names  # noqa: E402
 
 METHODS = method_names("method", "reference")  # the compared methods and the dense-masking reference
 LABELS = {name: REGISTRY[name].label for name in METHODS}
@@ -72,7 +72,6 @@ MODELS = ("smollm2", "tiny", "llama-1b")
 BASE_MODEL_DIR = ROOT / "artifacts" / "model"
 PROBE_DIR = ROOT / "artifacts" / "probe"
 REAL_SCORES = ROOT / "artifacts" / "scores" / "scores.parquet"
-LORA_ALPHA = 16
 LEARNING_RATE = 1e-5  # irrelevant to speed; small so the model stays sane over the steps
 MAX_GRAD_NORM = 1.0
 # Llama-3.2-1B's shape (random weights): 1.24 B parameters with tied embeddings.
@@ -219,7 +218,7 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from neft.methods import LoraSettings, SetupInputs, setup_method
+    from neft.methods import SetupInputs, setup_method
     from neft.training import TrainSettings, train
 
     device = _resolve_device(args.device)
@@ -232,7 +231,7 @@ def train_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     load_seconds = time.perf_counter() - load_start
     info = model_info(model)
     mask, mask_source = benchmark_mask(model, args.model, args.ratio, args.seed)
-    inputs = SetupInputs(mask=mask, lora=LoraSettings(mask.trainable_parameters, alpha=LORA_ALPHA), base_model=args.model)
+    inputs = SetupInputs(mask=mask, budget=mask.trainable_parameters, base_model=args.model)
     trainable = setup_method(method, model, inputs)
     run_model = torch.compile(trainable.model) if args.compile else trainable.model
     batch = random_batch(model.config.vocab_size, args.batch_size, args.seq_len, args.seed, device)
@@ -384,18 +383,8 @@ def flop_floors(info: dict[str, Any], trainable: dict[str, int]) -> dict[str, di
     """FLOPs per token that no implementation can go below (matmuls of the linear layers only)."""
     n = info["linear_parameters"]
     floors = {}
-    for method in METHODS:
-        if method not in trainable:
-            continue
-        if method == "full":
-            flops, formula = 6 * n, "6N"
-        elif method == "neft":
-            r = trainable[method] / n
-            flops, formula = (4 + 2 * r) * n, f"(4+2r)N, r={r:.4f}"
-        elif method == "lora":
-            flops, formula = 4 * n, "4N (+6 x LoRA params for the adapters themselves)"
-        else:
-            flops, formula = 4 * n + 2 * info["up_down_parameters"], "4N + 2 x (up+down params): dense weight grads of up/down"
+    for method, count in trainable.items():
+        flops, formula = REGISTRY[method].flop_floor(FlopSizes(n, count, info["up_down_parameters"]))
         floors[method] = {"flops_per_token": flops, "formula": formula, "x_N": flops / n}
     return floors
 

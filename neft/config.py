@@ -140,10 +140,17 @@ class MethodConfig:
         "a non-empty list of distinct numbers > 0"))
 
 
-@dataclass(frozen=True)
-class LoraMethodConfig(MethodConfig):
+@dataclass(frozen=True, kw_only=True)
+class LoraSettings:
+    """LoRA's settings besides its rates; its rank is the one that matches NeFT's budget (neft.methods)."""
+
     alpha: float = field(default=16.0, metadata=POSITIVE)
     dropout: float = field(default=0.0, metadata=_check(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+
+
+@dataclass(frozen=True)
+class LoraMethodConfig(MethodConfig, LoraSettings):
+    """methods.lora: its rates and its settings."""
 
 
 @dataclass(frozen=True)

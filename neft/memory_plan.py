@@ -41,7 +41,6 @@ from neft.masks import ModelShape, NeuronMask, neurons_for_ratio
 from neft.measure import TensorLifetimes
 from neft.methods import (
     TRAINING_RUNS,
-    LoraSettings,
     SetupInputs,
     get_method,
     lora_parameters_per_rank,
@@ -132,11 +131,10 @@ def set_up(model: nn.Module, spec: MethodSpec, mask: NeuronMask | None = None) -
     """`model` set up by the library for `spec.setup`, with `mask` or else an even one of the budget."""
     needs = get_method(spec.setup).needs
     mask = mask or (even_mask(model, spec.ratio, spec.kinds) if needs else None)  # the mask, or LoRA's budget
-    lora = None
-    if "lora" in needs:
+    budget = None
+    if "budget" in needs:
         budget = mask.trainable_parameters if spec.lora_rank is None else spec.lora_rank * lora_parameters_per_rank(model)
-        lora = LoraSettings(budget=budget)
-    inputs = SetupInputs(mask=mask if "mask" in needs else None, lora=lora, kinds=tuple(spec.kinds), probe_rank=spec.probe_rank,
+    inputs = SetupInputs(mask=mask if "mask" in needs else None, budget=budget, kinds=tuple(spec.kinds), probe_rank=spec.probe_rank,
                          base_model="memory-plan")
     trainable = setup_method(spec.setup, model, inputs)
     return trainable.model, trainable.parameters
@@ -364,7 +362,7 @@ def neuron_fraction(model: nn.Module, spec: MethodSpec) -> float:
 
 def calibration_spec(model: nn.Module, spec: MethodSpec) -> MethodSpec:
     """For LoRA, the tiny models take the rank the real model's budget gives (its per-token cost scales with it)."""
-    if "lora" not in get_method(spec.setup).needs:
+    if "budget" not in get_method(spec.setup).needs:
         return spec
     budget = even_mask(model, spec.ratio, spec.kinds).trainable_parameters
     return replace(spec, lora_rank=lora_rank_for_budget(model, budget))

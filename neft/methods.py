@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,6 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from neft.adapter import NeftConfig, NeftModel, get_neft_model
+from neft.config import LoraSettings
 from neft.io import check_safetensors_in
 from neft.masks import NeuronMask
 from neft.models import load_model
@@ -139,15 +140,6 @@ def lora_finetuning(model: nn.Module, rank: int, alpha: float, dropout: float = 
     return TrainableModel(peft_model, parameters, save=lambda out: save_lora_adapter(peft_model, out), details={"lora_rank": rank})
 
 
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA at a matched budget: the rank is the one whose trainable count is closest to `budget`."""
-
-    budget: int
-    alpha: float = 16.0
-    dropout: float = 0.0
-
-
 def dense_masked_finetuning(model: nn.Module, mask: NeuronMask) -> TrainableModel:
     """The reference implementation's way (kept for tests and benchmarks, never for the pipeline):
     whole candidate matrices train and their gradients are zeroed outside the mask, so the optimizer
@@ -193,9 +185,9 @@ def _load_lora(base_dir: Path, weights_dir: Path, dtype: torch.dtype | None) -> 
 
 def _setup_lora(model: nn.Module, inputs: SetupInputs) -> TrainableModel:
     per_rank = lora_parameters_per_rank(model)  # before peft wraps the linear layers
-    lora = inputs.lora
-    trainable = lora_finetuning(model, lora_rank_for_budget(model, lora.budget), lora.alpha, lora.dropout)
-    trainable.details.update(neft_budget=lora.budget, parameters_per_rank=per_rank)
+    settings: LoraSettings = inputs.settings
+    trainable = lora_finetuning(model, lora_rank_for_budget(model, inputs.budget), settings.alpha, settings.dropout)
+    trainable.details.update(neft_budget=inputs.budget, parameters_per_rank=per_rank)
     return trainable
 
 
@@ -204,7 +196,8 @@ class SetupInputs:
     """What a set-up may take besides the model. Each method names the fields it needs (`Method.needs`)."""
 
     mask: NeuronMask | None = None  # neft, dense_masked
-    lora: LoraSettings | None = None  # lora: the budget its rank matches
+    budget: int | None = None  # lora: the trainable count its rank matches (NeFT's)
+    settings: Any = None  # the method's own typed settings (`Method.settings`; its defaults when None), e.g. LoRA's alpha
     kinds: tuple[str, ...] = DEFAULT_KINDS  # probes: the kinds whose matrices they change
     probe_rank: int = 64  # probe_lora
     probe_step_size: float = 1.0  # probe_gradient
@@ -213,6 +206,20 @@ class SetupInputs:
 
 
 Role = Literal["baseline", "method", "probe", "reference"]
+
+
+@dataclass(frozen=True)
+class FlopSizes:
+    """What a training step's FLOP floor depends on (the linear layers' matmuls only)."""
+
+    linear: int  # N: every nn.Linear weight, counted once
+    trainable: int  # the method's trainable parameters
+    up_down: int  # the up_proj and down_proj weights
+
+
+def _neft_flops(sizes: FlopSizes) -> tuple[float, str]:
+    share = sizes.trainable / sizes.linear
+    return (4 + 2 * share) * sizes.linear, f"(4+2r)N, r={share:.4f}"
 
 
 @dataclass(frozen=True)
@@ -225,18 +232,23 @@ class Method:
     setup: Callable[[nn.Module, SetupInputs], TrainableModel] | None = None  # None: nothing trains (the baseline)
     load: Callable[[Path, Path | None, torch.dtype | None], nn.Module] | None = None  # a trained result as a plain model
     needs: tuple[str, ...] = ()  # SetupInputs fields that must be given
+    settings: type | None = None  # its own typed settings (methods.<name> in the config extends it), passed as SetupInputs.settings
     probe_kind: str | None = None  # the `probe.kind` that selects this probe
     trains: bool = True  # False: one pass that only accumulates gradients (the gradient probe)
+    # FLOPs per token no implementation of a training step can go below, and the formula (benchmarks).
+    flop_floor: Callable[[FlopSizes], tuple[float, str]] | None = None
 
 
 REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("base", "baseline", "base model", load=_load_base),
-    Method("full", "method", "full FT", lambda model, inputs: full_finetuning(model), _load_full),
+    Method("full", "method", "full FT", lambda model, inputs: full_finetuning(model), _load_full,
+           flop_floor=lambda sizes: (6 * sizes.linear, "6N")),
     Method("neft", "method", "NeFT, sparse deltas",
            lambda model, inputs: neft_finetuning(model, inputs.mask, inputs.base_model, inputs.made_from), _load_neft,
-           needs=("mask",)),
+           needs=("mask",), flop_floor=_neft_flops),
     Method("lora", "method", "LoRA, matched budget", _setup_lora, _load_lora,
-           needs=("lora",)),
+           needs=("budget",), settings=LoraSettings,
+           flop_floor=lambda sizes: (4 * sizes.linear, "4N (+6 x LoRA params for the adapters themselves)")),
     Method("probe", "probe", "full probe",
            lambda model, inputs: full_finetuning(model), probe_kind="full"),
     Method("probe_matrices", "probe", "candidate-matrices probe",
@@ -247,7 +259,8 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
            lambda model, inputs: gradient_probe(model, inputs.kinds, inputs.probe_step_size), probe_kind="gradient",
            trains=False),
     Method("dense_masked", "reference", "NeFT, dense grad mask (reference)",
-           lambda model, inputs: dense_masked_finetuning(model, inputs.mask), needs=("mask",)),
+           lambda model, inputs: dense_masked_finetuning(model, inputs.mask), needs=("mask",),
+           flop_floor=lambda sizes: (4 * sizes.linear + 2 * sizes.up_down, "4N + 2 x (up+down params): dense weight grads of up/down")),
 )}
 
 
@@ -289,6 +302,8 @@ def setup_method(name: str, model: nn.Module, inputs: SetupInputs = SetupInputs(
     missing = [need for need in method.needs if getattr(inputs, need) is None]
     if missing:
         raise ValueError(f"method {name!r} needs SetupInputs({', '.join(f'{need}=...' for need in missing)})")
+    if method.settings is not None and inputs.settings is None:
+        inputs = replace(inputs, settings=method.settings())
     return method.setup(model, inputs)
 
 

@@ -33,6 +33,7 @@ from neft.artifacts import (
     checkpoint_dir,
     read_budget,
     train_log_dir,
+    validation_file,
     weights_dir,
 )
 from neft.config import Config, ConfigError, TrainConfig
@@ -41,12 +42,12 @@ from neft.distributed import Ranks, full_state_dict, process_group, rank_device,
 from neft.io import atomic_directory, write_json
 from neft.masks import ModelShape, load_mask, validate_mask
 from neft.measure import device_description
-from neft.methods import TRAINING_RUNS, LoraSettings, Method, SetupInputs, TrainableModel, setup_method, training_run_method
+from neft.methods import TRAINING_RUNS, Method, SetupInputs, TrainableModel, setup_method, training_run_method
 from neft.models import count_parameters, load_model, load_tokenizer, torch_dtype
 from neft.provenance import file_sha256, model_fingerprint, record_fingerprint, require_same, write_made_from
 from neft.runtime import autocast_dtype, resolve_device, setup_runtime
 from neft.tokenization import encode_counted, evaluation_batches, training_batches
-from neft.training import Checkpoints, TrainSettings, accumulate_gradients
+from neft.training import Checkpoints, TrainResult, TrainSettings, accumulate_gradients
 from neft.training import train as train_loop
 from stages._common import run_stage
 
@@ -60,9 +61,10 @@ def setup_inputs(method: Method, run: str, model: torch.nn.Module, config: Confi
         validate_mask(mask, ModelShape.of(model))
         inputs = dataclasses.replace(inputs, mask=mask, base_model=config.model.name,
                                      made_from={"base_model": model_fingerprint(BASE_MODEL_DIR), "mask": file_sha256(MASK_FILE)})
-    if "lora" in method.needs:
-        settings = getattr(config.methods, run)
-        inputs = dataclasses.replace(inputs, lora=LoraSettings(read_budget(), settings.alpha, settings.dropout))
+    if "budget" in method.needs:
+        inputs = dataclasses.replace(inputs, budget=read_budget())
+    if method.settings is not None:  # methods.<run>: the method's settings (only those it reads are dependencies)
+        inputs = dataclasses.replace(inputs, settings=getattr(config.methods, run))
     if method.role == "probe":
         inputs = dataclasses.replace(inputs, kinds=tuple(config.mask.kinds), probe_rank=config.probe.lora_rank,
                                      probe_step_size=config.probe.learning_rate)
@@ -119,7 +121,7 @@ def train(method: str, *args: str) -> dict[str, Any]:
     if "mask" in chosen.needs:
         require_same(f"the mask {MASK_FILE}", load_mask(MASK_FILE).made_from.get("base_model"), model_fingerprint(BASE_MODEL_DIR),
                      f"the base model in {BASE_MODEL_DIR}")
-    if "lora" in chosen.needs:
+    if "budget" in chosen.needs:
         read_budget()
     require_memory_fits(method, config)
     # Everything was checked above; under torchrun the processes do the work and rank 0 writes the results.
@@ -129,10 +131,10 @@ def train(method: str, *args: str) -> dict[str, Any]:
     ranks = Ranks.from_environment()
     device = rank_device(setup_runtime(config.runtime), ranks)
     with process_group(ranks, device):
-        return _train(method, chosen, run, config, ranks, device, learning_rate, steps, settings)
+        return _train(method, chosen, run, config, ranks, device, settings)
 
 
-def _train(method: str, chosen: Method, run: str, config: Config, ranks: Ranks, device: torch.device, learning_rate: float, steps: int,
+def _train(method: str, chosen: Method, run: str, config: Config, ranks: Ranks, device: torch.device,
            settings: TrainSettings) -> dict[str, Any]:
     seed = config.seed
     tokenizer = load_tokenizer(BASE_MODEL_DIR)
@@ -161,44 +163,13 @@ def _train(method: str, chosen: Method, run: str, config: Config, ranks: Ranks, 
         with Live(dir=str(log_scratch), save_dvc_exp=False, dvcyaml=None) if ranks.is_main else contextlib.nullcontext() as live:
             on_step = _dvclive_logger(live) if ranks.is_main else None
             if not chosen.trains:  # the gradient probe: one pass, nothing to resume
-                result = accumulate_gradients(model_in_training, parameters, batches, steps, settings.autocast_dtype,
+                result = accumulate_gradients(model_in_training, parameters, batches, settings.steps, settings.autocast_dtype,
                                               on_step=on_step, description=run, ranks=ranks, micro_batches=settings.micro_batches)
             else:
                 result = train_loop(model_in_training, parameters, batches, settings,
                                     evaluation_batches(valid_items, batch_size, tokenizer.pad_token_id),
                                     on_step=on_step, description=run, checkpoints=checkpoints, ranks=ranks)
-        summary = {
-            "run": run,
-            "method": method,
-            "seed": seed,
-            "learning_rate": learning_rate,
-            "steps": steps,
-            "batch_size": batch_size,
-            "trainable_parameters": trainable.trainable_parameters,
-            "total_parameters": total,
-            "trainable_percent": 100 * trainable.trainable_parameters / total,
-            "train_seconds": round(result.seconds, 2),
-            "seconds_per_step": round(result.seconds / steps, 4),
-            "train_tokens": result.train_tokens,
-            # Examples whose prompt alone fills task.max_length: left out, and counted here.
-            "train_examples_dropped": train_dropped,
-            "valid_examples_dropped": valid_dropped,
-            "step_seconds_median": round(statistics.median(result.step_seconds), 4),
-            "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
-            "peak_memory_kind": result.memory_kind,
-            "optimizer_state_mb": round(result.optimizer_state_bytes / 2**20, 1),
-            "first_loss": result.losses[0],
-            "final_loss": result.losses[-1],
-            "best_step": result.best_step,
-            "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
-            "resumed_from_step": result.resumed_from_step,
-            "device": str(device),
-            "hardware": device_description(device),
-            "processes": ranks.world_size,
-            "strategy": config.runtime.strategy if ranks.distributed else "none",
-            "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
-            **trainable.details,
-        }
+        summary = run_summary(run, method, config, settings, trainable, total, result, (train_dropped, valid_dropped), device, ranks)
         if sharded:  # gather the shards into an unsharded copy on rank 0, which saves it as one process would
             state = full_state_dict(model_in_training)
             if ranks.is_main:
@@ -210,13 +181,52 @@ def _train(method: str, chosen: Method, run: str, config: Config, ranks: Ranks, 
             trainable.save(scratch)
             # The selection records the chosen run's fingerprint, so evaluation reruns exactly when its weights change.
             summary["weights_sha256"] = record_fingerprint(scratch)
-            if "lora" in chosen.needs:
+            if "budget" in chosen.needs:
                 write_made_from(scratch, {"base_model": model_fingerprint(BASE_MODEL_DIR), "budget": file_sha256(BUDGET_FILE)})
+            if chosen.role == "method":
+                write_json(scratch / validation_file(run).name, {key: summary[key] for key in ("best_valid_loss", "best_step")})
         # The summary, with its timings, goes to reports/ only: the weights directory, which later stages
         # depend on, holds nothing that differs between two runs of the same weights.
         write_json(log_scratch / "summary.json", summary)
     checkpoints.remove()
     return summary
+
+
+def run_summary(run: str, method: str, config: Config, settings: TrainSettings, trainable: TrainableModel, total: int,
+                result: TrainResult, dropped: tuple[int, int], device: torch.device, ranks: Ranks) -> dict[str, Any]:
+    """What a run reports: its settings, size, time, memory and losses (reports/train/RUN/summary.json)."""
+    return {
+        "run": run,
+        "method": method,
+        "seed": config.seed,
+        "learning_rate": settings.learning_rate,
+        "steps": settings.steps,
+        "batch_size": config.train.batch_size,
+        "trainable_parameters": trainable.trainable_parameters,
+        "total_parameters": total,
+        "trainable_percent": 100 * trainable.trainable_parameters / total,
+        "train_seconds": round(result.seconds, 2),
+        "seconds_per_step": round(result.seconds / settings.steps, 4),
+        "train_tokens": result.train_tokens,
+        # Examples whose prompt alone fills task.max_length: left out, and counted here.
+        "train_examples_dropped": dropped[0],
+        "valid_examples_dropped": dropped[1],
+        "step_seconds_median": round(statistics.median(result.step_seconds), 4),
+        "peak_memory_mb": round(result.peak_memory_bytes / 2**20, 1),
+        "peak_memory_kind": result.memory_kind,
+        "optimizer_state_mb": round(result.optimizer_state_bytes / 2**20, 1),
+        "first_loss": result.losses[0],
+        "final_loss": result.losses[-1],
+        "best_step": result.best_step,
+        "best_valid_loss": result.best_valid_loss if result.valid_losses else None,  # none for the gradient probe
+        "resumed_from_step": result.resumed_from_step,
+        "device": str(device),
+        "hardware": device_description(device),
+        "processes": ranks.world_size,
+        "strategy": config.runtime.strategy if ranks.distributed else "none",
+        "autocast": str(settings.autocast_dtype).removeprefix("torch.") if settings.autocast_dtype else "none",
+        **trainable.details,
+    }
 
 
 def require_memory_fits(method: str, config: Config) -> None:
@@ -248,7 +258,7 @@ def run_fingerprint(method: Method, recipe: dict[str, Any]) -> str:
     input file. Identity rather than content: hashing a 7B model's shards at every start would cost
     minutes, and DVC rewrites a changed input, which changes its modification time."""
     inputs = [DATA_DIR / "train.jsonl", DATA_DIR / "valid.jsonl", *sorted(BASE_MODEL_DIR.iterdir())]
-    inputs += [MASK_FILE] * ("mask" in method.needs) + [BUDGET_FILE] * ("lora" in method.needs)
+    inputs += [MASK_FILE] * ("mask" in method.needs) + [BUDGET_FILE] * ("budget" in method.needs)
     identity = [recipe] + [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in inputs]
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 

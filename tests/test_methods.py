@@ -1,10 +1,11 @@
 import dataclasses
+import typing
 
 import pytest
 import torch
 from conftest import random_batch, random_mask
 
-from neft.config import PROBE_KINDS, MethodsConfig
+from neft.config import PROBE_KINDS, LoraSettings, MethodConfig, MethodsConfig
 from neft.methods import (
     EVAL_METHODS,
     LORA_TARGETS,
@@ -72,7 +73,7 @@ def test_unknown_method_is_rejected(tmp_path):
 def test_a_method_without_what_it_needs_is_refused_naming_it(tiny_model):
     with pytest.raises(ValueError, match=r"method 'neft' needs SetupInputs\(mask=...\)"):
         setup_method("neft", tiny_model, SetupInputs())
-    with pytest.raises(ValueError, match=r"method 'lora' needs SetupInputs\(lora=...\)"):
+    with pytest.raises(ValueError, match=r"method 'lora' needs SetupInputs\(budget=...\)"):
         setup_method("lora", tiny_model, SetupInputs(mask=random_mask(tiny_model, per_matrix=2)))
 
 
@@ -83,6 +84,16 @@ def test_the_registry_agrees_with_the_config_and_the_pipeline():
     assert all(REGISTRY[name].setup and REGISTRY[name].load for name in METHODS)
     assert set(PROBE_SETUPS) == set(PROBE_KINDS) and all(REGISTRY[name].role == "probe" for name in PROBE_SETUPS.values())
     assert EVAL_METHODS == ("base", *METHODS) and REGISTRY["base"].setup is None
+    for name, section in typing.get_type_hints(MethodsConfig).items():  # methods.<name>: its rates and its own typed settings
+        assert issubclass(section, MethodConfig) and issubclass(section, REGISTRY[name].settings or object), name
+
+
+@pytest.mark.parametrize(("settings", "alpha", "dropout"), [(None, 16.0, 0.0), (LoraSettings(alpha=8.0, dropout=0.1), 8.0, 0.1)])
+def test_a_method_s_typed_settings_reach_its_set_up_and_default_when_not_given(tiny_model, settings, alpha, dropout):
+    budget = 2 * lora_parameters_per_rank(tiny_model)
+    trainable = setup_method("lora", tiny_model, SetupInputs(budget=budget, settings=settings))
+    adapter = trainable.model.peft_config["default"]
+    assert (adapter.r, adapter.lora_alpha, adapter.lora_dropout) == (2, alpha, dropout)
 
 
 def test_a_registered_method_trains_through_the_shared_set_up(tiny_model, monkeypatch):
