@@ -8,6 +8,9 @@ import ast
 from pathlib import Path
 
 import pytest
+import yaml
+
+from neft.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("neft", "stages")
@@ -118,3 +121,12 @@ def test_config_stays_a_leaf_so_stages_that_only_read_it_do_not_depend_on_the_ne
     # than importing them (tests/test_config.py checks they agree).
     assert code_closure("neft.config") == {"neft/__init__.py", "neft/config.py", "neft/errors.py"}
     assert not {"neft/masks.py", "neft/models.py", "neft/neurons.py"} & code_closure("stages.prepare_data")
+
+
+def test_the_per_method_stages_are_the_registry_s_methods():
+    """dvc.yaml cannot read the registry: each compared method needs its train_<method> stage (one run
+    per rate of its grid) and its evaluate and export entries, and nothing else has any."""
+    grids = yaml.safe_load((ROOT / "params.yaml").read_text())["methods"]
+    expected = {f"train_{method}@{rate}" for method in METHODS for rate in grids[method]["learning_rates"]}
+    expected |= {f"{stage}@{method}" for stage in ("evaluate", "export") for method in METHODS}
+    assert {name for name in STAGES if "@" in name} == expected
